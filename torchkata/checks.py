@@ -1,0 +1,190 @@
+"""Assertions that several exercises share, each failing with a message a beginner can act on.
+
+A message says what was expected, what was seen, and why it matters; it never prints the
+fix. Functions take the objects under test and, where they run a model, a ``device``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+
+def fail(message: str) -> None:
+    """Fail the current test with ``message`` and no traceback of the harness."""
+    import pytest
+
+    __tracebackhide__ = True
+    pytest.fail(message, pytrace=False)
+
+
+def assert_grads_flow(model: nn.Module, loss: torch.Tensor, what: str = "the model") -> None:
+    """After ``loss.backward()`` every trainable parameter has a finite, non-zero gradient."""
+    __tracebackhide__ = True
+    for p in model.parameters():
+        p.grad = None
+    loss.backward()
+    missing, non_finite, zero = [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.grad is None:
+            missing.append(name)
+        elif not torch.isfinite(p.grad).all():
+            non_finite.append(name)
+        elif p.grad.abs().sum() == 0:
+            zero.append(name)
+    if missing:
+        fail(
+            f"No gradient reached {', '.join(missing)} of {what}. Expected every trainable "
+            f"parameter to take part in the forward pass that produced the loss; a parameter "
+            f"without a gradient never learns."
+        )
+    if non_finite:
+        fail(
+            f"The gradients of {', '.join(non_finite)} of {what} hold inf or NaN. Expected "
+            f"finite gradients: look for a log of zero, a division by zero or an overflow."
+        )
+    if zero:
+        fail(
+            f"The gradients of {', '.join(zero)} of {what} are exactly zero. Expected them to "
+            f"depend on the loss: something between these parameters and the loss blocks it."
+        )
+
+
+def assert_close_to_oracle(
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    what: str,
+    why: str = "",
+    rtol: float = 1e-5,
+    atol: float = 1e-6,
+) -> None:
+    """``actual`` equals the oracle's ``expected`` (compared in float64) within tolerances."""
+    __tracebackhide__ = True
+    actual = torch.as_tensor(actual)
+    expected = torch.as_tensor(expected)
+    if actual.shape != expected.shape:
+        fail(
+            f"{what}: expected a result of shape {tuple(expected.shape)}, got "
+            f"{tuple(actual.shape)}. {why}".strip()
+        )
+    a = actual.detach().cpu().double()
+    e = expected.detach().cpu().double()
+    if not torch.allclose(a, e, rtol=rtol, atol=atol, equal_nan=True):
+        diff = (a - e).abs()
+        worst = int(diff.nan_to_num(float("inf")).argmax())
+        fail(
+            f"{what}: differs from the oracle by up to {diff.max().item():.3g} "
+            f"(at flat index {worst}: got {a.flatten()[worst].item():.6g}, expected "
+            f"{e.flatten()[worst].item():.6g}). {why}".strip()
+        )
+
+
+def losses_when_overfitting(
+    step: Callable[[], float], steps: int = 100
+) -> list[float]:
+    """Call a training ``step`` (which returns the batch loss as a float) ``steps`` times."""
+    return [float(step()) for _ in range(steps)]
+
+
+def assert_can_overfit(
+    losses: list[float], below: float, what: str = "the training step"
+) -> None:
+    """A model that can learn at all drives the loss on one fixed batch close to zero."""
+    __tracebackhide__ = True
+    if not all(torch.isfinite(torch.tensor(losses))):
+        fail(f"{what}: the loss became inf or NaN while fitting one small batch.")
+    if min(losses) < -1e-6:
+        fail(
+            f"{what}: the loss went negative ({min(losses):.3f}) while fitting one batch. "
+            f"Losses such as cross-entropy are never below zero: whatever is being minimised "
+            f"is not the loss between predictions and labels."
+        )
+    if losses[-1] >= below:
+        fail(
+            f"{what}: after {len(losses)} steps on one fixed batch the loss is "
+            f"{losses[-1]:.3f} (it started at {losses[0]:.3f}). Expected it below {below}: a "
+            f"working model and loss can memorise a handful of examples; if it cannot, the "
+            f"outputs, the loss or the update are wrong, not the amount of training."
+        )
+
+
+@torch.no_grad()
+def accuracy_of(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch: int = 1000
+) -> float:
+    """Fraction of ``x`` that ``model`` (in eval mode) labels as ``y``."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), batch):
+        logits = model(x[i : i + batch].to(device))
+        correct += (logits.argmax(dim=1).cpu() == y[i : i + batch]).sum().item()
+    model.train(was_training)
+    return correct / len(x)
+
+
+def assert_accuracy_at_least(accuracy: float, threshold: float, what: str, hint: str) -> None:
+    """A measured accuracy clears a measured threshold; ``hint`` says where to look if not."""
+    __tracebackhide__ = True
+    if accuracy < threshold:
+        fail(
+            f"{what}: accuracy {accuracy:.1%}, expected at least {threshold:.0%} "
+            f"(the reference solution reaches it on every seed we measured). {hint}"
+        )
+
+
+def parameters_changed(before: Iterable[torch.Tensor], model: nn.Module) -> list[bool]:
+    """For each parameter of ``model``, whether it differs from the snapshot ``before``."""
+    return [not torch.equal(b, p.detach()) for b, p in zip(before, model.parameters())]
+
+
+def snapshot(model: nn.Module) -> list[torch.Tensor]:
+    """Detached copies of ``model``'s parameters, to compare with after a step."""
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def call(fn: Callable, *args, what: str, why: str = "", **kwargs):
+    """Call code under test; if it raises, fail with what was called, where, and a hint.
+
+    The error's first line is kept (it often names the mismatched shapes), and so is the
+    last line of the learner's code that ran, instead of a trace through torch's internals.
+    """
+    __tracebackhide__ = True
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - any error of the learner's code is a finding
+        message = f"{what} raised {type(exc).__name__}: {_first_line(exc)}"
+        where = _learner_frame(exc)
+        if where:
+            message += f"\n  at {where}"
+    fail(f"{message}\n{why}".strip())
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else ""
+
+
+def _learner_frame(exc: BaseException) -> str:
+    """``file:line: code`` of the last frame outside torch, pytest and this harness."""
+    import traceback
+    from pathlib import Path
+
+    harness = Path(__file__).resolve().parent
+    found = ""
+    for frame in traceback.extract_tb(exc.__traceback__):
+        path = Path(frame.filename).resolve()
+        if "site-packages" in path.parts or path.parent == harness or "<" in frame.filename:
+            continue
+        if path.name.startswith("test_"):
+            continue
+        try:
+            shown = path.relative_to(Path.cwd())
+        except ValueError:
+            shown = path
+        found = f"{shown}:{frame.lineno}: {frame.line}"
+    return found
