@@ -60,7 +60,8 @@ def test_forward_returns_raw_logits(device):
            "return raw scores (logits). Normalising twice flattens the loss and slows or "
            "stalls learning.")
     if torch.allclose(out.sum(dim=1), torch.ones(len(out), device=device), atol=1e-4):
-        fail(f"Every row of the model's output sums to 1: these are probabilities, not logits. {why}")
+        fail(f"Every row of the model's output sums to 1: these are probabilities, not "
+             f"logits. {why}")
     if torch.allclose(out.logsumexp(dim=1), torch.zeros(len(out), device=device), atol=1e-4):
         fail(f"The rows of the model's output are log-probabilities (logsumexp of each row is 0), "
              f"not logits. {why}")
@@ -119,6 +120,25 @@ def test_train_step_uses_the_labels(device):
         fail(f"train_step reported a loss of {reported[0]:.4f}, but the cross-entropy of the "
              f"model's scores on this batch before the update is {expected:.4f}. It should "
              f"return the loss of the batch it was given, computed from scores and labels.")
+
+
+def test_train_step_starts_from_fresh_gradients(device):
+    """After train_step, each .grad holds the gradient of that batch alone."""
+    x, y = digits(32)
+    x, y = x.to(device), y.to(device)
+    model = mlp.MLP().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the weights stay put
+    for _ in range(2):
+        call(train.train_step, model, optimizer, nn.CrossEntropyLoss(), x, y,
+             what="train_step() on 32 digits")
+    fresh = copy.deepcopy(model)
+    fresh.zero_grad()
+    nn.functional.cross_entropy(fresh(x), y).backward()
+    ratio = (model.fc1.weight.grad.norm() / fresh.fc1.weight.grad.norm()).item()
+    if abs(ratio - 1) > 1e-3:
+        fail(f"After two train_steps on the same batch, the gradients are {ratio:.2f} times "
+             f"the gradient of that batch. Expected exactly 1: backward() adds into .grad, so "
+             f"each step must clear the gradients of the step before, or updates use stale sums.")
 
 
 def test_overfits_one_batch(device):

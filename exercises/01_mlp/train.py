@@ -7,12 +7,11 @@
 import argparse
 
 import torch
+from metrics import accuracy, confusion_matrix, macro_f1
+from mlp import MLP
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
-
-from metrics import accuracy, confusion_matrix, macro_f1
-from mlp import MLP
 
 
 def train_step(model: nn.Module, optimizer, loss_fn, x: torch.Tensor, y: torch.Tensor) -> float:

@@ -16,7 +16,9 @@ def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
     return (predictions == targets).float().mean().item()
 
 
-def confusion_matrix(predicted: torch.Tensor, actual: torch.Tensor, num_classes: int) -> torch.Tensor:
+def confusion_matrix(
+    predicted: torch.Tensor, actual: torch.Tensor, num_classes: int
+) -> torch.Tensor:
     """(C, C) int64 counts: entry [i, j] is how many samples of class i were predicted as j."""
     counts = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=actual.device)
     ones = torch.ones_like(actual, dtype=torch.int64)

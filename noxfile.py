@@ -1,0 +1,83 @@
+"""Maintainer sessions. `nox` alone runs `check`, the README's test command.
+
+PyTorch is gigabytes, so every session shares one virtual environment, `.nox/torchkata`,
+created on first use and reinstalled only when pyproject.toml changes. The sessions
+themselves run with venv_backend="none" and call that environment's interpreter.
+`nox --no-venv` uses the current environment instead (it must have `pip install -e .[dev]`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["check"]
+nox.options.error_on_external_run = False
+
+ROOT = Path(__file__).parent
+ENV = ROOT / ".nox" / "torchkata"
+STAMP = ENV / "torchkata-installed.sha256"
+BIN = "Scripts" if sys.platform == "win32" else "bin"
+
+
+def _python(session: nox.Session) -> str:
+    """The shared environment's interpreter, created or updated when needed."""
+    if "--no-venv" in sys.argv:
+        return "python"
+    python = ENV / BIN / "python"
+    if not python.exists():
+        session.log(f"creating the shared environment {ENV} (once; PyTorch is large)")
+        session.run(sys.executable, "-m", "venv", str(ENV), external=True)
+        session.run(str(python), "-m", "pip", "install", "-q", "--upgrade", "pip", external=True)
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if not STAMP.exists() or STAMP.read_text().strip() != wanted:
+        session.run(str(python), "-m", "pip", "install", "-q", "-e", f"{ROOT}[dev]",
+                    external=True)
+        STAMP.write_text(wanted)
+    return str(python)
+
+
+def _pytest(session: nox.Session, *args: str) -> None:
+    session.run(_python(session), "-m", "pytest", *args, external=True)
+
+
+@nox.session(venv_backend="none")
+def lint(session: nox.Session) -> None:
+    """ruff over the harness, the tests and the reference solutions."""
+    session.run(_python(session), "-m", "ruff", "check", ".", external=True)
+
+
+@nox.session(venv_backend="none")
+def harness(session: nox.Session) -> None:
+    """The harness's own unit tests and the static catalog checks (no mutants)."""
+    _pytest(session, "tests", "-m", "not mutants", *session.posargs)
+
+
+@nox.session(venv_backend="none")
+@nox.parametrize("device", ["cpu", "cuda"])
+@nox.parametrize("target", ["student", "reference"])
+def exercises(session: nox.Session, target: str, device: str) -> None:
+    """Run the exercise suites against the student's or the reference code."""
+    paths = [a for a in session.posargs if not a.startswith("-")] or ["exercises"]
+    flags = [a for a in session.posargs if a.startswith("-")]
+    _pytest(session, *paths, f"--target={target}", f"--device={device}", *flags)
+
+
+@nox.session(venv_backend="none")
+def mutants(session: nox.Session) -> None:
+    """The bug-catalog proofs: planted bugs caught, alternative fixes pass, wrong fixes fail."""
+    _pytest(session, "tests/test_catalog.py", "tests/test_mutants.py", *session.posargs)
+
+
+@nox.session(venv_backend="none")
+def check(session: nox.Session) -> None:
+    """Everything CI runs: lint, harness tests, every reference suite, the full self-check."""
+    python = _python(session)
+    session.run(python, "-m", "ruff", "check", ".", external=True)
+    session.run(python, "-m", "pytest", "tests", "-m", "not mutants", external=True)
+    session.run(python, "-m", "pytest", "exercises", "--target=reference", "--device=cpu",
+                external=True)
+    session.run(python, "-m", "pytest", "tests/test_mutants.py", external=True)
