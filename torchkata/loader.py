@@ -47,8 +47,8 @@ def _describe_import_error(folder: Path, name: str, exc: BaseException) -> str:
     kind = type(exc).__name__
     return (
         f"{file}{line}: {kind}: {detail}\n"
-        f"{name}.py must import cleanly before any test of this exercise can run: "
-        f"fix this line first, then run the tests again."
+        f"The exercise's code must import before its tests can run: fix this line first, "
+        f"then run the tests again."
     )
 
 
@@ -115,24 +115,24 @@ class LazyModule:
         try:
             return load(folder, self._name)
         except StarterImportError as exc:
-            import pytest
+            message = str(exc)
+        import pytest
 
-            pytest.fail(str(exc), pytrace=False)
+        pytest.fail(message, pytrace=False)
 
     def __getattr__(self, attr: str):
         if attr.startswith("_"):
             raise AttributeError(attr)
         module = self.resolve()
-        try:
+        if hasattr(module, attr):
             return getattr(module, attr)
-        except AttributeError:
-            import pytest
+        import pytest
 
-            pytest.fail(
-                f"{self._name}.py has no `{attr}`: the tests expect it to define `{attr}` "
-                f"(check the spelling, or restore it if you removed it).",
-                pytrace=False,
-            )
+        pytest.fail(
+            f"{self._name}.py has no `{attr}`: the tests expect it to define `{attr}` "
+            f"(check the spelling, or restore it if you removed it).",
+            pytrace=False,
+        )
 
     def __repr__(self) -> str:
         return f"<code under test: {self._exercise_dir.name}/{self._name}.py>"

@@ -155,7 +155,8 @@ def _restore_globals(state: dict) -> None:
     torch.set_default_dtype(state["dtype"])
     if torch.get_num_threads() != state["threads"]:
         torch.set_num_threads(state["threads"])
-    torch.use_deterministic_algorithms(state["deterministic"])
+    if torch.are_deterministic_algorithms_enabled() != state["deterministic"]:
+        torch.use_deterministic_algorithms(state["deterministic"])
     if "numpy" in state:
         sys.modules["numpy"].random.set_state(state["numpy"])
     if "cuda_rng" in state:

@@ -1,0 +1,156 @@
+"""Unit tests of the harness: targets, isolated loading, broken starters, devices, globals.
+
+Each test builds a miniature repository (exercises/ and reference/) with pytester and runs
+pytest on it in-process, the way a learner's `pytest exercises/...` would.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+INI = """
+[pytest]
+addopts = --import-mode=importlib -p no:cacheprovider
+"""
+
+TEST_DEMO = '''
+import sys
+from torchkata import under_test
+
+main = under_test("main")
+
+def test_value_is_fixed():
+    assert main.value() == "fixed"
+
+def test_sibling_modules_do_not_leak():
+    main.value()
+    assert "helper" not in sys.modules and "main" not in sys.modules
+'''
+
+
+def write(root, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+
+
+@pytest.fixture
+def mini(pytester):
+    """exercises/01_demo (buggy), reference/01_demo (fixed), exercises/02_other (fixed)."""
+    pytester.makeini(INI)
+    main = "from helper import VALUE\n\ndef value():\n    return VALUE\n"
+    write(pytester.path, {
+        "exercises/01_demo/helper.py": 'VALUE = "buggy"\n',
+        "exercises/01_demo/main.py": main,
+        "exercises/01_demo/test_demo.py": TEST_DEMO,
+        "reference/01_demo/helper.py": 'VALUE = "fixed"\n',
+        "reference/01_demo/main.py": main,
+        "exercises/02_other/helper.py": 'VALUE = "fixed"\n',
+        "exercises/02_other/main.py": main,
+        "exercises/02_other/test_other.py": TEST_DEMO,
+    })
+    return pytester
+
+
+def test_student_is_the_default_target(mini):
+    result = mini.runpytest("exercises/01_demo")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*target=student*"])
+
+
+def test_reference_target_loads_the_reference(mini):
+    result = mini.runpytest("exercises/01_demo", "--target=reference")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*target=reference*"])
+
+
+def test_path_target_loads_a_copy(mini):
+    main = (mini.path / "reference/01_demo/main.py").read_text()
+    write(mini.path, {"copy/01_demo/helper.py": 'VALUE = "fixed"\n', "copy/01_demo/main.py": main})
+    assert mini.runpytest("exercises/01_demo", "--target=copy").ret == 0
+    assert mini.runpytest("exercises/01_demo", "--target=copy/01_demo").ret == 0
+
+
+def test_target_from_environment(mini, monkeypatch):
+    monkeypatch.setenv("TORCHKATA_TARGET", "reference")
+    mini.runpytest("exercises/01_demo").assert_outcomes(passed=2)
+
+
+def test_exercises_with_same_module_names_are_isolated(mini):
+    """Both exercises have helper.py and main.py; each test sees its own folder's."""
+    mini.runpytest("exercises").assert_outcomes(passed=3, failed=1)
+    result = mini.runpytest("exercises", "--target=reference", "-k", "not other")
+    result.assert_outcomes(passed=2)
+
+
+def test_broken_starter_fails_each_test_briefly_and_others_still_run(mini):
+    write(mini.path, {"exercises/01_demo/helper.py": 'VALUE = "buggy"\nprint(undefined_name)\n'})
+    result = mini.runpytest("exercises")
+    result.assert_outcomes(passed=2, failed=2)  # 02_other still runs and passes
+    result.stdout.fnmatch_lines(["*exercises/01_demo/helper.py:2: NameError*undefined_name*"])
+    assert "Traceback" not in result.stdout.str()
+    assert "During handling" not in result.stdout.str()
+    assert "error" not in result.stdout.lines[-1]  # no collection error
+
+
+def test_syntax_error_names_file_and_line(mini):
+    write(mini.path, {"exercises/01_demo/main.py": "def value(:\n    return 1\n"})
+    result = mini.runpytest("exercises/01_demo")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["*exercises/01_demo/main.py:1: SyntaxError*"])
+
+
+def test_missing_name_is_reported_as_such(mini):
+    write(mini.path, {"exercises/01_demo/main.py": "def other():\n    return 1\n"})
+    result = mini.runpytest("exercises/01_demo", "-k", "value_is_fixed")
+    result.stdout.fnmatch_lines(["*main.py has no `value`*"])
+
+
+def test_device_cuda_without_cuda_fails_loudly(mini):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = mini.runpytest("exercises/01_demo", "--device=cuda")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--device cuda*torch.cuda.is_available() is False*"])
+
+
+def test_device_fixture_and_gpu_marker(pytester):
+    pytester.makeini(INI)
+    pytester.makepyfile(test_dev='''
+        import pytest
+
+        def test_cpu(device):
+            assert device.type == "cpu"
+
+        @pytest.mark.gpu
+        def test_needs_gpu(device):
+            assert device.type == "cuda"
+    ''')
+    result = pytester.runpytest("--device=cpu")
+    result.assert_outcomes(passed=1, skipped=1)
+
+
+def test_each_test_starts_seeded_and_leaves_globals_restored(pytester):
+    pytester.makeini(INI)
+    pytester.makepyfile(test_globals='''
+        import torch
+
+        first = []
+
+        def test_changes_globals():
+            first.append(torch.rand(3))
+            torch.set_default_dtype(torch.float64)
+            torch.set_grad_enabled(False)
+            torch.manual_seed(123)
+
+        def test_sees_a_clean_slate():
+            assert torch.get_default_dtype() == torch.float32
+            assert torch.is_grad_enabled()
+            assert torch.equal(torch.rand(3), first[0])  # seeded the same way again
+    ''')
+    pytester.runpytest().assert_outcomes(passed=2)
