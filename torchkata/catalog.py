@@ -114,3 +114,26 @@ def write_mutant(reference: Path, dest: Path, file: str, old: str, new: str) -> 
     target.write_text(replace_once(target.read_text(encoding="utf-8"), old, new, str(target)),
                       encoding="utf-8")
     return dest
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m torchkata.catalog write-starter NN_topic``: starter = reference + bugs."""
+    import argparse
+
+    from torchkata import paths
+
+    parser = argparse.ArgumentParser(prog="python -m torchkata.catalog")
+    parser.add_argument("command", choices=["write-starter"])
+    parser.add_argument("exercise", help="folder name, e.g. 01_mlp")
+    args = parser.parse_args(argv)
+    root = paths.repo_root()
+    reference = root / "reference" / args.exercise
+    texts = starter_texts(reference, load(reference / "bugs.toml"))
+    for name, text in texts.items():
+        (root / "exercises" / args.exercise / name).write_text(text, encoding="utf-8")
+        print(f"wrote exercises/{args.exercise}/{name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
