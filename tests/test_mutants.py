@@ -16,7 +16,8 @@ import pytest
 from torchkata import catalog, paths
 from torchkata.selfcheck import Job, run_jobs
 
-pytestmark = pytest.mark.mutants
+# the first test of an exercise runs all its mutants at once (see results_for)
+pytestmark = [pytest.mark.mutants, pytest.mark.timeout(1800)]
 
 ROOT = paths.repo_root()
 _results: dict[str, dict[str, object]] = {}
