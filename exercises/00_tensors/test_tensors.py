@@ -1,0 +1,264 @@
+"""Exercise 00: tensors, views, the numpy bridge, and broadcasting.
+
+Each test checks one property. Read the failure message first: it says what was expected,
+what the code did instead, and why it matters.
+"""
+
+import numpy as np
+import torch
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from torchkata import under_test
+from torchkata.checks import call, fail
+
+tensors = under_test("tensors")
+distances = under_test("distances")
+
+BROADCAST_HINT = (
+    "Broadcasting lines shapes up from the right: a dimension of size 1 stretches to fit, "
+    "any other mismatch is an error. Check each line's shape comment against what the line "
+    "really computes."
+)
+FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+def same_memory(x: torch.Tensor, y: torch.Tensor) -> bool:
+    return x.untyped_storage().data_ptr() == y.untyped_storage().data_ptr()
+
+
+def points(n: int, d: int, seed: int, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, d, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+
+def naive_sq_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The specification, one pair at a time: sum over k of (a[i, k] - b[j, k])^2."""
+    rows_a, rows_b = a.double().cpu().tolist(), b.double().cpu().tolist()
+    return torch.tensor([[sum((p - q) ** 2 for p, q in zip(u, v)) for v in rows_b]
+                         for u in rows_a], dtype=torch.float64).reshape(len(rows_a), len(rows_b))
+
+
+def sq_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return call(distances.pairwise_sq_distances, a, b,
+                what=f"pairwise_sq_distances(a {tuple(a.shape)}, b {tuple(b.shape)})",
+                why=BROADCAST_HINT)
+
+
+def tolerance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N, M) rounding budget of the ||a||^2 + ||b||^2 - 2<a, b> formula in a's dtype."""
+    eps = 1e-5 if a.dtype == torch.float32 else 1e-12
+    a_sq = a.double().cpu().pow(2).sum(dim=1)
+    b_sq = b.double().cpu().pow(2).sum(dim=1)
+    return eps * (1 + a_sq[:, None] + b_sq[None, :])
+
+
+shapes = st.integers(1, 12)
+dtypes = st.sampled_from(FLOAT_DTYPES)
+seeds = st.integers(0, 2**31 - 1)
+
+
+# --- the numpy bridge ------------------------------------------------------------------
+
+
+@given(dtype=st.sampled_from([np.float32, np.float64, np.int64, np.uint8]),
+       rows=st.integers(1, 5), cols=st.integers(1, 5))
+def test_shared_from_numpy_shares_memory(dtype, rows, cols):
+    """shared_from_numpy wraps the array's own memory, keeping its dtype: a write shows in both."""
+    array = np.arange(rows * cols).reshape(rows, cols).astype(dtype)
+    t = call(tensors.shared_from_numpy, array, what=f"shared_from_numpy(a {dtype.__name__} array)")
+    if tuple(t.shape) != array.shape:
+        fail(f"shared_from_numpy returned shape {tuple(t.shape)} for an array of shape "
+             f"{array.shape}; expected the same shape.")
+    if t.dtype != torch.from_numpy(array[:0]).dtype:
+        fail(f"shared_from_numpy turned a numpy {np.dtype(dtype).name} array into a {t.dtype} "
+             f"tensor. Changing the dtype means converting every element, which needs new "
+             f"memory: the result can no longer share the array's memory.")
+    array[0, 0] = 7
+    if t[0, 0].item() != 7:
+        fail(f"After array[0, 0] = 7 the tensor from shared_from_numpy still holds "
+             f"{t[0, 0].item()} there: it is a copy, not a view of the array's memory. Some ways "
+             f"of making a tensor from an ndarray always copy, others never do; the docstring "
+             f"promises no copy (for a large image batch a copy costs memory and time, and "
+             f"writes through one no longer reach the other).")
+
+
+def test_to_numpy_accepts_a_tensor_that_requires_grad(device):
+    """to_numpy works on a tensor that is part of an autograd graph, on any device."""
+    w = torch.linspace(-1, 1, 6, device=device).reshape(2, 3).requires_grad_()
+    out = call(tensors.to_numpy, w * 2, what="to_numpy(a tensor that requires grad)",
+               why="A tensor in an autograd graph must be taken out of the graph before numpy "
+                   "can see its values, and numpy only knows CPU memory.")
+    if not isinstance(out, np.ndarray):
+        fail(f"to_numpy returned a {type(out).__name__}, expected a numpy.ndarray.")
+    if not np.allclose(out, (w * 2).detach().cpu().numpy()):
+        fail("to_numpy returned an array with other values than the tensor's.")
+
+
+def test_to_numpy_shares_memory_on_the_cpu():
+    """For a CPU tensor, the array from to_numpy is a view of the tensor's memory."""
+    t = torch.zeros(3, 4)
+    out = call(tensors.to_numpy, t, what="to_numpy(a CPU tensor)")
+    t[1, 2] = 5
+    if out[1, 2] != 5:
+        fail("After t[1, 2] = 5 the array from to_numpy(t) still holds 0 there: it copied the "
+             "tensor. On the CPU, numpy and torch can share one block of memory; a copy costs "
+             "time and memory and hides later writes. Only a GPU tensor needs copying.")
+
+
+# --- views -----------------------------------------------------------------------------
+
+
+@given(b=st.integers(1, 3), c=st.integers(1, 4), h=st.integers(1, 5), w=st.integers(1, 5))
+def test_channels_last_moves_each_pixel_to_its_place(device, b, c, h, w):
+    """to_channels_last(x)[n, i, j, k] == x[n, k, i, j]: same pixels, channel axis last."""
+    x = torch.arange(b * c * h * w, dtype=torch.float32).reshape(b, c, h, w).to(device)
+    out = call(tensors.to_channels_last, x,
+               what=f"to_channels_last on (B, C, H, W) = {(b, c, h, w)}")
+    expected = torch.stack([x[:, k] for k in range(c)], dim=-1)  # (B, H, W, C), channel by channel
+    if tuple(out.shape) != (b, h, w, c):
+        fail(f"to_channels_last turned (B, C, H, W) = {(b, c, h, w)} into {tuple(out.shape)}, "
+             f"expected (B, H, W, C) = {(b, h, w, c)}.")
+    if not torch.equal(out.cpu(), expected.cpu()):
+        fail(f"to_channels_last returned the right shape {(b, h, w, c)} with the pixels in the "
+             f"wrong places: out[n, i, j, k] should be x[n, k, i, j]. Reshaping keeps the "
+             f"elements in memory order and only regroups them; it cannot move an axis. The "
+             f"image of each channel comes out scrambled.")
+
+
+def test_channels_last_is_a_view(device):
+    """to_channels_last copies nothing: the result shares memory with its input."""
+    x = torch.zeros(2, 3, 4, 5, device=device)
+    out = call(tensors.to_channels_last, x, what="to_channels_last on (2, 3, 4, 5)")
+    if not same_memory(out, x):
+        fail("to_channels_last returned a tensor with memory of its own: it copied every pixel. "
+             "Reordering axes can be a view (same memory, other strides); a copy costs time "
+             "and memory for every batch.")
+
+
+# --- new tensors that fit old ones ---------------------------------------------------------
+
+
+@given(n=st.integers(1, 6), d=st.integers(0, 4))
+def test_add_bias_column_appends_ones(n, d):
+    """add_bias_column turns (N, d) into (N, d + 1): x unchanged, then a column of ones."""
+    x = torch.randn(n, d)
+    out = call(tensors.add_bias_column, x, what=f"add_bias_column on ({n}, {d})")
+    if tuple(out.shape) != (n, d + 1):
+        fail(f"add_bias_column on shape ({n}, {d}) returned {tuple(out.shape)}, expected "
+             f"({n}, {d + 1}).")
+    if not (torch.equal(out[:, :d], x) and torch.equal(out[:, d], torch.ones(n))):
+        fail("add_bias_column must keep x as it is and append one column of ones.")
+
+
+def test_add_bias_column_keeps_the_dtype_and_device(device):
+    """Rows in float16, bfloat16, float32 or float64 get ones of their own dtype and device."""
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        x = torch.randn(4, 3).to(device, dtype)
+        out = call(tensors.add_bias_column, x, what=f"add_bias_column on a {dtype} tensor on "
+                   f"{device}", why="A new tensor lands on the CPU unless told otherwise: on a "
+                   "GPU this is the classic 'Expected all tensors to be on the same device'.")
+        if out.dtype != dtype or out.device != x.device:
+            fail(f"add_bias_column on a {dtype} tensor on {x.device} returned a {out.dtype} "
+                 f"tensor on {out.device}. A new tensor made without saying otherwise gets the "
+                 f"default dtype (float32) on the CPU, and torch.cat promotes to the wider "
+                 f"dtype: a half-precision batch silently doubles in size, a float64 model gets "
+                 f"mixed inputs, and on a GPU the concatenation fails.")
+
+
+# --- pairwise squared distances --------------------------------------------------------
+
+
+def test_distances_of_a_worked_example(device):
+    """Three points against two, by hand: [[0, 1, 4], [25, 20, 13]]."""
+    a = torch.tensor([[0.0, 0.0], [3.0, 4.0]], device=device)
+    b = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]], device=device)
+    expected = naive_sq_distances(a, b)
+    got = sq_distances(a, b)
+    if tuple(got.shape) != (2, 3) or not torch.allclose(got.cpu().double(), expected):
+        fail(f"pairwise_sq_distances(a, b) for a = {a.tolist()} and b = {b.tolist()} returned\n"
+             f"{got.cpu().tolist()}\nexpected {expected.tolist()}: entry [i, j] is the squared "
+             f"distance from a[i] to b[j].")
+
+
+@given(n=shapes, m=shapes, d=shapes)
+def test_distances_have_shape_n_by_m(device, n, m, d):
+    """Any (N, d) against any (M, d) gives one distance per pair: shape (N, M)."""
+    a, b = points(n, d, 1, torch.float32).to(device), points(m, d, 2, torch.float32).to(device)
+    got = sq_distances(a, b)
+    if tuple(got.shape) != (n, m):
+        fail(f"pairwise_sq_distances(a {(n, d)}, b {(m, d)}) returned shape {tuple(got.shape)}, "
+             f"expected ({n}, {m}): one row per point of a, one column per point of b. "
+             f"{BROADCAST_HINT}")
+
+
+@given(n=shapes, m=shapes, d=shapes, dtype=dtypes, seed=seeds,
+       scale=st.sampled_from([0.1, 1.0, 30.0]))
+def test_distances_match_a_naive_loop(device, n, m, d, dtype, seed, scale):
+    """Every entry equals sum_k (a[i, k] - b[j, k])^2, in the inputs' dtype (float32 or 64)."""
+    a = points(n, d, seed, dtype, scale).to(device)
+    b = points(m, d, seed + 1, dtype, scale).to(device)
+    got = sq_distances(a, b)
+    if got.dtype != dtype or tuple(got.shape) != (n, m):
+        fail(f"pairwise_sq_distances(a {(n, d)}, b {(m, d)}) in {dtype} returned shape "
+             f"{tuple(got.shape)} and dtype {got.dtype}; expected ({n}, {m}) in {dtype}.")
+    expected = naive_sq_distances(a, b)
+    error = (got.cpu().double() - expected).abs()
+    if (error > tolerance(a, b)).any():
+        i, j = divmod(int((error - tolerance(a, b)).argmax()), m)
+        fail(f"pairwise_sq_distances(a {(n, d)}, b {(m, d)}) in {dtype}: entry [{i}, {j}] is "
+             f"{got[i, j].item():.6g}, but sum_k (a[{i}, k] - b[{j}, k])^2 is "
+             f"{expected[i, j].item():.6g}. ||a_i||^2 is one number per row of a, ||b_j||^2 one "
+             f"per row of b: each must reach every entry of its own row (a) or column (b).")
+
+
+@given(n=shapes, m=shapes, d=shapes, seed=seeds)
+def test_distances_are_symmetric(device, n, m, d, seed):
+    """The distance from a[i] to b[j] is the distance from b[j] to a[i]: D(a, b) = D(b, a).T."""
+    a = points(n, d, seed, torch.float64).to(device)
+    b = points(m, d, seed + 1, torch.float64).to(device)
+    ab, ba = sq_distances(a, b).cpu(), sq_distances(b, a).cpu()
+    if ab.shape != ba.T.shape or not torch.allclose(ab, ba.T, rtol=1e-9, atol=1e-9):
+        fail(f"pairwise_sq_distances(a, b) is not the transpose of pairwise_sq_distances(b, a) "
+             f"for a {(n, d)} and b {(m, d)}. Distance is symmetric; a result that is not has "
+             f"mixed up which input indexes rows and which indexes columns.")
+
+
+@given(n=shapes, d=shapes, dtype=dtypes, seed=seeds)
+def test_distance_of_each_point_to_itself_is_zero(device, n, d, dtype, seed):
+    """D(x, x) has a zero diagonal (up to rounding): every point is at distance 0 from itself."""
+    x = points(n, d, seed, dtype, 3.0).to(device)
+    diagonal = sq_distances(x, x).diagonal().cpu().double()
+    if diagonal.shape != (n,) or (diagonal.abs() > tolerance(x, x).diagonal()).any():
+        fail(f"The diagonal of pairwise_sq_distances(x, x) for x {(n, d)} is "
+             f"{diagonal.tolist()[:6]}, expected zeros: ||x_i||^2 + ||x_i||^2 - 2<x_i, x_i> "
+             f"is 0 only if each term is the squared norm of the same row.")
+
+
+@given(n=st.integers(2, 32), d=st.integers(1, 16), dtype=dtypes, seed=seeds)
+@example(n=20, d=16, dtype=torch.float32, seed=0)
+def test_distances_are_never_negative(device, n, d, dtype, seed):
+    """Close points far from the origin: rounding must not produce negative squared distances."""
+    offset = 1e3 if dtype == torch.float32 else 1e8
+    x = (offset + points(n, d, seed, torch.float64, 1e-3)).to(dtype).to(device)
+    got = sq_distances(x, x)
+    if got.min().item() < 0:
+        fail(f"pairwise_sq_distances(x, x) for {n} points in {d}-D near {offset:g} (in {dtype}) "
+             f"has an entry of {got.min().item():.3g}. A squared distance is never negative, "
+             f"but the formula subtracts two large, nearly equal numbers, and rounding leaves "
+             f"an error of either sign. Downstream, sqrt of a negative 'squared distance' is "
+             f"NaN, and a kernel or k-NN search that assumes d >= 0 misbehaves.")
+
+
+def test_nearest_neighbour_of_a_training_point_is_itself(device):
+    """Querying with some training points returns their own labels (each is its own nearest)."""
+    train_x = points(50, 3, 0, torch.float32).to(device)
+    train_y = torch.arange(50, device=device)
+    picked = torch.randperm(50)[:20].to(device)
+    got = call(distances.nearest_neighbour_labels, train_x, train_y, train_x[picked],
+               what="nearest_neighbour_labels(train_x (50, 3), train_y (50,), query (20, 3))")
+    if tuple(got.shape) != (20,) or not torch.equal(got.cpu(), train_y[picked].cpu()):
+        fail("nearest_neighbour_labels with 20 training points as queries should return their "
+             "own labels: every training point is at distance 0 from itself. The distances are "
+             "(Q, N), one row per query: a query's nearest training point is found within its "
+             "own row.")
