@@ -1,0 +1,302 @@
+"""Exercise 04: nn.Module from the inside: a Reshape layer, registered sub-modules, parameter
+counts, and forward hooks that read a layer's activations.
+
+Each test checks one property. Read the failure message first: it says what was expected,
+what the code did instead, and why it matters.
+"""
+
+from collections import OrderedDict
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from torchkata import under_test
+from torchkata.checks import assert_close_to_oracle, call, fail
+from torchkata.strategies import reshape_pairs
+
+layers = under_test("layers")
+hooks = under_test("hooks")
+
+KEEP_BATCH = ("Reshape acts on each sample: the first dimension of its input is the batch and "
+              "must come out unchanged, whatever the batch size.")
+
+
+def probe_net() -> nn.Module:
+    """A small CNN of stock layers for the hook tests: (B, 1, 12, 12) -> (B, 10).
+
+    Named layers: "features.0" (B, 8, 12, 12), "features.3" (B, 16, 6, 6), "features.4" its
+    ReLU, "head.1" (B, 10).
+    """
+    torch.manual_seed(0)
+    return nn.Sequential(OrderedDict(
+        features=nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                               nn.Conv2d(8, 16, 3, padding=1), nn.ReLU()),
+        head=nn.Sequential(nn.Flatten(), nn.Linear(16 * 6 * 6, 10)),
+    ))
+
+
+_shared: dict = {}
+
+
+def shared(make, device) -> nn.Module:
+    """One model per maker and device for the property tests (building one per example is slow)."""
+    if (make, device) not in _shared:
+        torch.manual_seed(0)
+        _shared[make, device] = make().to(device)
+    return _shared[make, device]
+
+
+def spelled(shape: tuple) -> str:
+    """(-1,) -> "(-1)": arguments as a learner writes them."""
+    return f"({', '.join(map(str, shape))})"
+
+
+def forward_hooks(model: nn.Module) -> list[str]:
+    """Names of the sub-modules of ``model`` that still have forward hooks registered."""
+    return [name or "the model" for name, m in model.named_modules() if m._forward_hooks]
+
+
+# --- Reshape ---------------------------------------------------------------------------
+
+
+@given(batch=st.integers(1, 8), case=reshape_pairs())
+def test_reshape_keeps_the_batch_dimension(device, batch, case):
+    """Reshape(*target) maps (B, *shape) to (B, *target) for any batch size, -1 included."""
+    shape, target = case
+    x = torch.randn(batch, *shape, device=device)
+    what = f"Reshape{spelled(target)} on a batch of shape {tuple(x.shape)}"
+    out = call(layers.Reshape(*target), x, what=what, why=KEEP_BATCH)
+    expected = x.reshape(batch, *target)
+    if tuple(out.shape) != tuple(expected.shape):
+        fail(f"{what} returned shape {tuple(out.shape)}, expected {tuple(expected.shape)}. "
+             f"{KEEP_BATCH}")
+    assert_close_to_oracle(out, expected, what, "Reshaping must not reorder the elements.")
+
+
+@given(batch=st.integers(2, 6), rows=st.integers(2, 5), cols=st.integers(2, 5),
+       flat=st.booleans())
+def test_reshape_accepts_non_contiguous_inputs(device, batch, rows, cols, flat):
+    """Reshape works on a transposed (non-contiguous) batch, as on any other tensor."""
+    x = torch.randn(batch, cols, rows, device=device).transpose(1, 2)  # (B, rows, cols)
+    target = (rows * cols,) if flat else (cols, rows)
+    what = (f"Reshape{spelled(target)} on a transposed batch of shape {tuple(x.shape)} "
+            f"(not contiguous in memory)")
+    out = call(layers.Reshape(*target), x, what=what,
+               why="Transposed, permuted and sliced tensors are common inputs of a layer: "
+                   "their elements are not laid out in memory in row-major order.")
+    assert_close_to_oracle(out, x.reshape(batch, *target), what,
+                           "The result must hold the elements of each sample in row-major "
+                           "order, as torch.reshape gives them.")
+
+
+def test_reshape_never_mixes_samples(device):
+    """A sample size that does not fit the target shape is an error, not a new batch size."""
+    x = torch.randn(6, 8, device=device)  # 6 samples of 8 values; Reshape(4, 4) needs 16
+    try:
+        out = layers.Reshape(4, 4)(x)
+    except Exception:  # noqa: BLE001 - any error is the right answer here
+        return
+    fail(f"Reshape(4, 4) on a batch of shape (6, 8) returned shape {tuple(out.shape)}; expected "
+         f"an error, since a sample of 8 values cannot become 4 x 4. Letting the batch "
+         f"dimension absorb the difference glues halves of different samples together and "
+         f"changes the batch size: the labels no longer match the rows, and nothing says so.")
+
+
+@given(batch=st.integers(1, 8))
+def test_reshape_works_inside_sequential(device, batch):
+    """small_cnn(), a Sequential with two Reshape layers, maps (B, 784) to (B, 10)."""
+    model = shared(layers.small_cnn, device)
+    x = torch.rand(batch, 784, device=device)
+    out = call(model, x, what=f"small_cnn() on a batch of shape ({batch}, 784)", why=KEEP_BATCH)
+    if tuple(out.shape) != (batch, 10):
+        fail(f"small_cnn() on a batch of shape ({batch}, 784) returned {tuple(out.shape)}, "
+             f"expected ({batch}, 10): one row of 10 scores per image. {KEEP_BATCH}")
+
+
+# --- registered sub-modules ------------------------------------------------------------
+
+
+def blocks(device=None):
+    torch.manual_seed(0)
+    return layers.Blocks(in_features=20, width=8, depth=3, num_classes=5).to(device)
+
+
+BLOCKS_COUNT = (20 * 8 + 8) + 3 * (8 * 8 + 8) + (8 * 5 + 5)
+UNREGISTERED = ("A module finds its sub-modules only through attributes that are Modules "
+                "themselves (or module containers); layers stored in a plain Python list are "
+                "invisible to it.")
+
+
+def test_every_block_is_registered(device):
+    """Blocks(depth=3): every block's weight and bias is in parameters() and state_dict()."""
+    model = blocks(device)
+    names = {name for name, _ in model.named_parameters()}
+    missing = [f"blocks.{i}.{p}" for i in range(3) for p in ("weight", "bias")
+               if f"blocks.{i}.{p}" not in names]
+    if missing:
+        fail(f"Blocks(depth=3).named_parameters() lists {sorted(names)}; missing {missing}. "
+             f"Whatever is not in parameters() is never given to the optimizer, never saved "
+             f"by state_dict() and never moved by .to(device). {UNREGISTERED}")
+    keys = set(model.state_dict())
+    if not {f"blocks.{i}.weight" for i in range(3)} <= keys:
+        fail(f"Blocks(depth=3).state_dict() has keys {sorted(keys)}: the blocks are missing, so "
+             f"a saved checkpoint would lose their weights. {UNREGISTERED}")
+    got = call(layers.count_parameters, model, what="count_parameters(Blocks(...))")
+    if got != BLOCKS_COUNT:
+        fail(f"Blocks(in_features=20, width=8, depth=3, num_classes=5) has {got} parameters; "
+             f"expected {BLOCKS_COUNT} = (20*8+8) + 3*(8*8+8) + (8*5+5): three blocks, each "
+             f"with its own weights.")
+
+
+def test_converting_the_model_converts_every_block(device):
+    """model.to(device, torch.float64) converts the blocks too, so a float64 forward works."""
+    model = blocks(device).to(device, torch.float64)
+    x = torch.randn(4, 20, device=device, dtype=torch.float64)
+    call(model, x, what="Blocks(...).to(float64) on a float64 batch",
+         why=f".to(), .double() and .cuda() convert registered parameters only. "
+             f"{UNREGISTERED}")
+    stale = [n for n, t in [*model.named_parameters(), *model.named_buffers()]
+             if t.dtype != torch.float64]
+    if stale:
+        fail(f"After .to(float64), {stale} are still not float64. {UNREGISTERED}")
+
+
+def test_an_optimizer_step_updates_every_block(device):
+    """One gradient-descent step over model.parameters() changes the weights of every block."""
+    model = blocks(device)
+    before = {n: m.weight.detach().clone() for n, m in model.named_modules()
+              if isinstance(m, nn.Linear)}
+    found = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    x, y = torch.randn(16, 20, device=device), torch.randint(0, 5, (16,), device=device)
+    loss = nn.functional.cross_entropy(call(model, x, what="Blocks(...) on a (16, 20) batch"), y)
+    loss.backward()
+    with torch.no_grad():  # what torch.optim.SGD(model.parameters(), lr=0.1).step() does
+        for p in model.parameters():
+            p -= 0.1 * p.grad
+    if len(found) != 5:
+        fail(f"Blocks(depth=3).modules() holds {len(found)} Linear layers; expected 5 (stem, "
+             f"3 blocks, head). {UNREGISTERED} The optimizer, given model.parameters(), never "
+             f"sees the missing ones: they keep their random initial weights forever.")
+    frozen = [n for n, m in model.named_modules()
+              if isinstance(m, nn.Linear) and torch.equal(before[n], m.weight.detach())]
+    if frozen:
+        fail(f"After an optimizer step, the weights of {frozen} did not change. Expected every "
+             f"layer to learn.")
+
+
+# --- counting parameters ---------------------------------------------------------------
+
+
+def test_count_parameters_matches_the_layer_formulas():
+    """count_parameters counts every weight and bias once: Linear(i, o) has i*o + o."""
+    cases = [
+        ("small_cnn()", layers.small_cnn(), (1 * 8 * 9 + 8) + (8 * 16 * 9 + 16) + (784 * 10 + 10)),
+        ("Sequential(Linear(6, 4), BatchNorm1d(4), Linear(4, 2))",
+         nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)),
+         (6 * 4 + 4) + (4 + 4) + (4 * 2 + 2)),
+    ]
+    for what, model, expected in cases:
+        got = call(layers.count_parameters, model, what=f"count_parameters({what})")
+        if got != expected:
+            fail(f"count_parameters({what}) returned {got}, expected {expected}. A parameter "
+                 f"count is the number of scalars the optimizer updates: every element of "
+                 f"every weight and bias, and not buffers such as BatchNorm's running "
+                 f"averages, which are not learned.")
+
+
+def test_count_parameters_can_skip_frozen_ones():
+    """count_parameters(model, trainable_only=True) leaves out requires_grad=False parameters."""
+    model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2))
+    model[0].requires_grad_(False)  # a frozen backbone, a trainable head
+    got = call(layers.count_parameters, model, trainable_only=True,
+               what="count_parameters(model, trainable_only=True)")
+    total = call(layers.count_parameters, model, what="count_parameters(model)")
+    if (got, total) != (10, 38):
+        fail(f"With the first Linear(6, 4) frozen, count_parameters gave {got} trainable and "
+             f"{total} in all; expected 10 (the head: 4*2+2) and 38. Frozen parameters still "
+             f"belong to the model, but the optimizer does not change them.")
+
+
+# --- forward hooks ---------------------------------------------------------------------
+
+
+PREFIXES = {"features.0": 1, "features.3": 4, "features.4": 5}  # layer -> its prefix length
+
+
+@given(batch=st.integers(1, 6), layer=st.sampled_from([*sorted(PREFIXES), "head.1"]))
+def test_activations_are_the_output_of_the_named_layer(device, batch, layer):
+    """activations(model, "features.3", x) is what the layer named features.3 produced on x."""
+    model = shared(probe_net, device)
+    x = torch.rand(batch, 1, 12, 12, device=device)
+    got = call(hooks.activations, model, layer, x,
+               what=f'activations(model, "{layer}", x) for x of shape ({batch}, 1, 12, 12)')
+    with torch.no_grad():
+        expected = model(x) if layer == "head.1" else model.features[:PREFIXES[layer]](x)
+    assert_close_to_oracle(got, expected, f'activations(model, "{layer}", x)',
+                           f"The output of the sub-module named {layer!r}, for every sample.")
+
+
+@given(batch=st.integers(1, 6), channel=st.integers(0, 15))
+def test_one_channel_of_a_layer(device, batch, channel):
+    """With channel=c, activations(...) of a (B, C, H, W) output is its (B, H, W) slice c."""
+    model = shared(probe_net, device)
+    x = torch.rand(batch, 1, 12, 12, device=device)
+    what = (f'activations(model, "features.3", x, channel={channel}) for x of shape '
+            f'({batch}, 1, 12, 12)')
+    layout = "features.3 outputs (B, 16, 6, 6): batch, channels, height, width."
+    got = call(hooks.activations, model, "features.3", x, channel=channel, what=what, why=layout)
+    with torch.no_grad():
+        expected = model.features[:4](x)[:, channel]  # (B, 6, 6)
+    assert_close_to_oracle(got, expected, what,
+                           f"{layout} Channel c of every sample is a (B, 6, 6) tensor.")
+
+
+def test_activations_are_detached(device):
+    """The activations come back detached: no autograd graph is kept alive through them."""
+    model = probe_net().to(device)
+    got = call(hooks.activations, model, "features.0", torch.rand(4, 1, 12, 12, device=device),
+               what='activations(model, "features.0", x)')
+    if got.requires_grad or got.grad_fn is not None:
+        fail(f"activations() returned a tensor with requires_grad={got.requires_grad} and "
+             f"grad_fn={type(got.grad_fn).__name__}. Expected a detached tensor: while it is "
+             f"attached, it keeps the graph of the whole forward pass (and its intermediate "
+             f"results) in memory; collect activations over a dataset that way and memory "
+             f"runs out.")
+
+
+def test_hook_is_removed_afterwards(device):
+    """After activations() returns, no forward hook is left on any layer of the model."""
+    model = probe_net().to(device)
+    x = torch.rand(2, 1, 12, 12, device=device)
+    for layer in ("features.0", "features.3", "features.0"):
+        call(hooks.activations, model, layer, x, what=f'activations(model, "{layer}", x)')
+    left = forward_hooks(model)
+    if left:
+        fail(f"After three calls of activations(), forward hooks are still registered on "
+             f"{left}. Each forgotten hook runs on every later forward pass: it slows the model "
+             f"down, keeps the last activations alive, and the hooks pile up with every call. "
+             f"register_forward_hook returns a handle for a reason.")
+
+
+def test_hook_is_removed_even_if_the_forward_pass_fails(device):
+    """When the model raises mid-forward, the error propagates and no hook is left behind."""
+
+    class Fails(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("this layer always fails")
+
+    model = nn.Sequential(nn.Linear(4, 4), Fails()).to(device)
+    try:
+        hooks.activations(model, "0", torch.rand(2, 4, device=device))
+    except Exception:  # noqa: BLE001 - the error itself is expected
+        pass
+    else:
+        fail("activations() on a model whose forward pass raises returned normally; expected "
+             "the error to reach the caller.")
+    left = forward_hooks(model)
+    if left:
+        fail(f"After a forward pass that raised, a forward hook is still registered on {left}. "
+             f"Code that runs after model(x) does not run when model(x) raises: clean-up that "
+             f"must always happen needs a construct that guarantees it.")
