@@ -487,7 +487,10 @@ def cmd_list(args, root: Path, style: Style) -> int:
     title_width = min(44, max(len(ex.title) for ex in all_exercises))
     for ex in all_exercises:
         marker = ">" if now is not None and ex.name == now.name else " "
-        line = f" {marker} {ex.name:<{name_width}}  {ex.title[:title_width]:<{title_width}}  "
+        title = ex.title
+        if len(title) > title_width:
+            title = title[: title_width - 1].rstrip(" ,:;") + "…"
+        line = f" {marker} {ex.name:<{name_width}}  {title:<{title_width}}  "
         say((style(line, "bold") if marker == ">" else line) + describe(state, ex, style))
     say()
     if now is None:
