@@ -1,0 +1,357 @@
+"""Exercise 07: inference that is stable, deterministic and cheap, and honest about doubt.
+
+Each test checks one property. Read the failure message first: it says what was expected,
+what the code did instead, and why it matters.
+"""
+
+import copy
+
+import torch
+from hypothesis import example, given
+from hypothesis import strategies as st
+from torch import nn
+
+from torchkata import under_test
+from torchkata.checks import assert_close_to_oracle, call, fail
+from torchkata.strategies import extreme_logits
+
+stable = under_test("stable")
+inference = under_test("inference")
+
+OVERFLOW = ("float32 exp() overflows to inf above about 88.7 and underflows to 0 below about "
+            "-103; logits of a confident model reach both.")
+EXTREME = torch.tensor([[1000.0, 0.0, -5.0], [-1000.0, 0.0, 5.0], [0.0, 0.0, 0.0]])
+
+
+def rounding(logits: torch.Tensor) -> float:
+    """Absolute float32 rounding error to allow: a few ulps of the largest logit."""
+    return 1e-6 + 4 * torch.finfo(torch.float32).eps * logits.abs().max().item()
+
+
+def bn_dropout_net(device, num_classes: int = 5) -> nn.Module:
+    """A small net with BatchNorm and Dropout, in train mode as training leaves it.
+
+    One Dropout sits inside a nested block: model.modules() reaches it, model.children() not.
+    """
+    model = nn.Sequential(
+        nn.Linear(8, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.5),
+        nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Dropout(0.5)),
+        nn.Linear(32, num_classes),
+    ).to(device)
+    with torch.no_grad():  # a few training passes give BatchNorm statistics of its own
+        for _ in range(5):
+            model(torch.randn(64, 8, device=device) * 2 + 1)
+    return model.train()
+
+
+def inputs(n: int = 16) -> torch.Tensor:
+    return torch.randn(n, 8, generator=torch.Generator().manual_seed(1)) * 2 + 1
+
+
+def batchnorm_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: buffer.detach().clone() for name, buffer in model.named_buffers()}
+
+
+def assert_batchnorm_untouched(before: dict, model: nn.Module, what: str) -> None:
+    __tracebackhide__ = True
+    moved = [name for name, buffer in model.named_buffers() if not torch.equal(before[name],
+                                                                                buffer)]
+    if moved:
+        fail(f"{what} changed the BatchNorm statistics {', '.join(moved)}. Expected them "
+             f"untouched: a BatchNorm layer in training mode normalises with the statistics of "
+             f"the batch at hand and folds them into its running averages, so inference would "
+             f"quietly retrain the model on whatever it is shown.")
+
+
+def predict(model, x, device):
+    return call(inference.predict, model, x, device, what="predict(model, x)")
+
+
+def mc_dropout(model, x, samples, device):
+    return call(inference.mc_dropout_predict, model, x, samples, device,
+                what=f"mc_dropout_predict(model, x, samples={samples})")
+
+
+# --- stable softmax, log-softmax and cross-entropy ----------------------------------------
+
+
+@given(logits=extreme_logits())
+@example(logits=EXTREME)
+def test_softmax_matches_torch_on_extreme_logits(device, logits):
+    """softmax gives torch.softmax's probabilities for logits of any size, never NaN."""
+    logits = logits.to(device)
+    got = call(stable.softmax, logits, dim=1, what=f"softmax() on logits {tuple(logits.shape)}")
+    if not torch.isfinite(got).all():
+        fail(f"softmax() returned inf or NaN for logits between {logits.min().item():.0f} and "
+             f"{logits.max().item():.0f}. {OVERFLOW} Softmax does not change when the same "
+             f"constant is subtracted from every logit of a row: choose one that keeps every "
+             f"exp() in range.")
+    assert_close_to_oracle(got, torch.softmax(logits.double(), dim=1), "softmax()",
+                           "Each row must hold the probabilities of its own logits.")
+
+
+def test_softmax_normalises_along_the_given_dim(device):
+    """softmax(x, dim) sums to one along dim, for every dim of a 3-D tensor."""
+    x = torch.randn(2, 3, 4, device=device) * 3
+    for dim in (0, 1, 2, -1):
+        got = call(stable.softmax, x, dim=dim, what=f"softmax() on (2, 3, 4) with dim={dim}")
+        assert_close_to_oracle(got, torch.softmax(x.double(), dim=dim),
+                               f"softmax(x, dim={dim}) on a (2, 3, 4) tensor",
+                               "Every step (the shift, the sum) must run along `dim` and keep "
+                               "its size-1 axis, so that it broadcasts back over that dim only.")
+
+
+@given(logits=extreme_logits())
+@example(logits=EXTREME)
+def test_log_softmax_matches_torch_on_extreme_logits(device, logits):
+    """log_softmax is finite and equals torch's for logits of any size."""
+    logits = logits.to(device)
+    got = call(stable.log_softmax, logits, dim=1,
+               what=f"log_softmax() on logits {tuple(logits.shape)}")
+    if not torch.isfinite(got).all():
+        fail(f"log_softmax() returned -inf or NaN for logits between "
+             f"{logits.min().item():.0f} and {logits.max().item():.0f}. Expected finite "
+             f"log-probabilities such as -2000.0: a probability of exp(-2000) rounds to 0 in "
+             f"float32, and log(0) is -inf. Compute the logarithm without going through the "
+             f"probabilities.")
+    assert_close_to_oracle(got, torch.log_softmax(logits.double(), dim=1), "log_softmax()",
+                           "log_softmax(x) = log(softmax(x)) in exact arithmetic.",
+                           atol=rounding(logits))
+
+
+@given(logits=extreme_logits(), seed=st.integers(0, 2**16))
+@example(logits=EXTREME, seed=0)
+def test_cross_entropy_matches_torch_on_extreme_logits(device, logits, seed):
+    """cross_entropy equals nn.functional.cross_entropy, finite for any finite logits."""
+    g = torch.Generator().manual_seed(seed)
+    targets = torch.randint(0, logits.shape[1], (len(logits),), generator=g).to(device)
+    logits = logits.to(device)
+    got = call(stable.cross_entropy, logits, targets, what="cross_entropy(logits, targets)")
+    expected = nn.functional.cross_entropy(logits.double(), targets)
+    if not torch.isfinite(got).all():
+        fail(f"cross_entropy() returned {got.item()} where nn.functional.cross_entropy gives "
+             f"{expected.item():.1f}. A confident wrong prediction has a large but finite loss; "
+             f"inf or NaN here stops training at the first such batch.")
+    assert_close_to_oracle(got, expected, "cross_entropy()",
+                           "The loss is the mean over the batch of -log p(true class).",
+                           atol=rounding(logits))
+
+
+@given(logits=extreme_logits(), seed=st.integers(0, 2**16))
+@example(logits=EXTREME, seed=0)
+def test_cross_entropy_gradient_matches_torch(device, logits, seed):
+    """Backpropagating cross_entropy gives nn.functional.cross_entropy's finite gradient."""
+    g = torch.Generator().manual_seed(seed)
+    targets = torch.randint(0, logits.shape[1], (len(logits),), generator=g).to(device)
+    mine = logits.clone().to(device).requires_grad_()
+    theirs = logits.clone().double().to(device).requires_grad_()
+    call(lambda: stable.cross_entropy(mine, targets).backward(),
+         what="cross_entropy(logits, targets).backward()")
+    nn.functional.cross_entropy(theirs, targets).backward()
+    if mine.grad is None or not torch.isfinite(mine.grad).all():
+        fail("The gradient of cross_entropy() with respect to the logits holds inf or NaN "
+             "(or is missing) for extreme logits. Expected (softmax - one_hot) / B: finite. "
+             "A log of a probability that rounded to 0 has an infinite derivative.")
+    assert_close_to_oracle(mine.grad, theirs.grad, "the gradient of cross_entropy()",
+                           rtol=1e-4, atol=rounding(logits))
+
+
+# --- predict: eval mode, no graph ----------------------------------------------------------
+
+
+def test_predict_returns_probabilities(device):
+    """predict returns (N, C) probabilities on the CPU: non-negative rows that sum to one."""
+    model = bn_dropout_net(device)
+    probs = predict(model, inputs(16), device)
+    if tuple(probs.shape) != (16, 5) or probs.device.type != "cpu":
+        fail(f"predict() on 16 inputs of a 5-class model returned shape {tuple(probs.shape)} "
+             f"on {probs.device}; expected (16, 5) on the CPU.")
+    if (probs < 0).any() or not torch.allclose(probs.sum(dim=1), torch.ones(16), atol=1e-5):
+        fail("The rows returned by predict() are not probabilities (non-negative, summing to "
+             "one): it should turn the model's logits into class probabilities.")
+
+
+def test_predict_matches_the_model_in_eval_mode(device):
+    """predict's probabilities are those of the model in eval mode."""
+    model = bn_dropout_net(device)
+    oracle = copy.deepcopy(model).eval()
+    x = inputs(16)
+    with torch.no_grad():
+        expected = torch.softmax(oracle(x.to(device)).double(), dim=1)
+    assert_close_to_oracle(predict(model, x, device), expected, "predict() after training",
+                           "A model that comes out of training is in train mode: Dropout "
+                           "zeroes random units and BatchNorm uses the statistics of the batch. "
+                           "Predictions must come from the model in inference mode.")
+
+
+def test_predict_gives_the_same_answer_twice(device):
+    """Two predict calls on the same inputs agree exactly: inference is deterministic."""
+    model = bn_dropout_net(device)
+    x = inputs(16)
+    first, second = predict(model, x, device), predict(model, x, device)
+    if not torch.equal(first, second):
+        fail(f"predict() gave different probabilities for the same inputs on two calls (up "
+             f"to {(first - second).abs().max().item():.3f} apart). Expected identical "
+             f"answers: randomness at inference means Dropout is still active.")
+
+
+def test_predict_leaves_batchnorm_statistics_untouched(device):
+    """predict does not update BatchNorm's running mean and variance."""
+    model = bn_dropout_net(device)
+    before = batchnorm_state(model)
+    predict(model, inputs(16), device)
+    assert_batchnorm_untouched(before, model, "predict()")
+
+
+def test_predict_returns_tensors_without_grad(device):
+    """predict's output is a plain tensor: no requires_grad, no grad_fn."""
+    model = bn_dropout_net(device)
+    probs = predict(model, inputs(16), device)
+    if probs.requires_grad or probs.grad_fn is not None:
+        fail(f"predict() returned a tensor with requires_grad={probs.requires_grad} and "
+             f"grad_fn={type(probs.grad_fn).__name__}. Expected neither: the output is still "
+             f"attached to an autograd graph, which keeps every activation of the forward pass "
+             f"in memory for a backward pass that never comes.")
+
+
+def test_predict_builds_no_graph(device):
+    """The forward pass inside predict runs with gradient tracking switched off."""
+    model = bn_dropout_net(device)
+    seen = []
+    hook = model.register_forward_hook(lambda *_: seen.append(torch.is_grad_enabled()))
+    try:
+        predict(model, inputs(16), device)
+    finally:
+        hook.remove()
+    if not seen or any(seen):
+        fail("The model's forward pass inside predict() ran with gradient tracking on. "
+             "Expected it off for the whole forward pass: detaching the result afterwards "
+             "comes too late, since the graph and its saved activations were already built "
+             "(memory and time spent for nothing).")
+
+
+def test_predict_restores_grad_mode(device):
+    """After predict, gradient tracking is on again for the code that runs next."""
+    model = bn_dropout_net(device)
+    torch.set_grad_enabled(True)
+    predict(model, inputs(4), device)
+    if not torch.is_grad_enabled():
+        fail("After predict() returned, torch.is_grad_enabled() is False: predict switched "
+             "gradient tracking off for the whole program. The next training step would "
+             "compute a loss without a graph and fail (or silently not learn). Expected it "
+             "switched off only while predict runs.")
+
+
+# --- Monte Carlo dropout -------------------------------------------------------------------
+
+
+def test_mc_dropout_returns_sample_probabilities(device):
+    """mc_dropout_predict returns (S, N, C) probabilities, detached from any graph."""
+    probs = mc_dropout(bn_dropout_net(device), inputs(16), 7, device)
+    if tuple(probs.shape) != (7, 16, 5):
+        fail(f"mc_dropout_predict() with 7 samples of 16 inputs and 5 classes returned shape "
+             f"{tuple(probs.shape)}; expected (7, 16, 5): (samples, inputs, classes).")
+    if not torch.allclose(probs.sum(dim=2).cpu(), torch.ones(7, 16), atol=1e-5):
+        fail("The samples of mc_dropout_predict() are not probabilities summing to one.")
+    if probs.requires_grad:
+        fail("mc_dropout_predict() returned a tensor that requires grad: a hundred forward "
+             "passes with a graph each keep a hundred sets of activations in memory.")
+
+
+def test_mc_dropout_predictions_vary(device):
+    """With dropout on, the samples differ from one another."""
+    probs = mc_dropout(bn_dropout_net(device), inputs(16), 10, device)
+    if (probs.std(dim=0) < 1e-6).all():
+        fail("All 10 Monte Carlo samples are identical. Expected them to vary: Monte Carlo "
+             "dropout keeps Dropout sampling at inference time, and the spread of the samples "
+             "is the estimate of the model's uncertainty.")
+
+
+def test_mc_dropout_switches_on_every_dropout_layer(device):
+    """Every Dropout layer, nested ones included, samples during mc_dropout_predict."""
+    model = bn_dropout_net(device)
+    off = set()
+    hooks = [m.register_forward_hook(lambda m, *_: off.add(m) if not m.training else None)
+             for m in model.modules() if isinstance(m, nn.Dropout)]
+    try:
+        mc_dropout(model, inputs(16), 3, device)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    names = [name for name, m in model.named_modules() if m in off]
+    if names:
+        fail(f"During mc_dropout_predict() the Dropout layer(s) {', '.join(names)} ran in eval "
+             f"mode (no dropout). Expected every Dropout of the model to sample, including "
+             f"those inside nested blocks (a Sequential inside the model).")
+
+
+def test_mc_dropout_leaves_batchnorm_statistics_untouched(device):
+    """Monte Carlo dropout switches on Dropout only: BatchNorm keeps its running statistics."""
+    model = bn_dropout_net(device)
+    before = batchnorm_state(model)
+    mc_dropout(model, inputs(16), 5, device)
+    assert_batchnorm_untouched(before, model, "mc_dropout_predict()")
+
+
+def test_mc_dropout_leaves_the_model_in_eval_mode(device):
+    """After mc_dropout_predict, no module of the model is left in training mode."""
+    model = bn_dropout_net(device)
+    mc_dropout(model, inputs(4), 2, device)
+    left = [name or "the model" for name, m in model.named_modules() if m.training]
+    if left:
+        fail(f"After mc_dropout_predict(), {', '.join(left)} is still in training mode. "
+             f"Expected eval mode everywhere: whoever calls the model next expects "
+             f"deterministic predictions.")
+
+
+# --- the histogram of one input's predictions ----------------------------------------------
+
+
+@given(samples=st.integers(1, 100), classes=st.integers(2, 10), seed=st.integers(0, 2**16))
+def test_class_counts_match_a_loop(samples, classes, seed):
+    """class_counts(probs) counts, per class, the samples whose most probable class it is."""
+    g = torch.Generator().manual_seed(seed)
+    probs = torch.softmax(torch.randn(samples, classes, generator=g) * 3, dim=1)
+    expected = torch.zeros(classes, dtype=torch.int64)
+    for row in probs:
+        expected[int(row.argmax())] += 1
+    got = call(inference.class_counts, probs, what=f"class_counts() on ({samples}, {classes})",
+               why="probs holds one row of class probabilities per sample.")
+    assert_close_to_oracle(got, expected, f"class_counts() of {samples} samples, {classes} "
+                           f"classes", "One count per class, zero for a class never predicted.")
+
+
+def test_histogram_is_saved_as_png(tmp_path):
+    """save_histogram writes a PNG image to the path it is given and closes its figure."""
+    import matplotlib.image
+    import matplotlib.pyplot as plt
+
+    path = tmp_path / "histogram.png"
+    open_before = set(plt.get_fignums())
+    call(inference.save_histogram, torch.tensor([3, 0, 90, 7]), path, what="save_histogram()")
+    if not path.is_file() or not path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n"):
+        fail(f"save_histogram(counts, {path.name!r}) did not write a PNG file at that path.")
+    if matplotlib.image.imread(path).shape[0] < 50:
+        fail("The saved histogram is less than 50 pixels high.")
+    if set(plt.get_fignums()) - open_before:
+        fail("save_histogram() left its figure open. pyplot keeps every figure alive until "
+             "it is closed: a script that saves one plot per input leaks memory.")
+
+
+def test_mc_histogram_of_one_input(device, tmp_path):
+    """mc_histogram predicts one input 100 times with dropout and counts the classes."""
+    model = bn_dropout_net(device)
+    path = tmp_path / "mc.png"
+    counts = call(inference.mc_histogram, model, inputs(1), path, 100, device,
+                  what="mc_histogram(model, one input, path, samples=100)",
+                  why="Monte Carlo dropout must work for a single input: only the Dropout "
+                      "layers sample, the rest of the model stays in inference mode.")
+    if tuple(counts.shape) != (5,) or int(counts.sum()) != 100:
+        fail(f"mc_histogram() for a 5-class model returned counts of shape "
+             f"{tuple(counts.shape)} summing to {int(counts.sum())}; expected 5 counts that "
+             f"add up to the 100 samples.")
+    if int((counts > 0).sum()) < 2:
+        fail("All 100 Monte Carlo samples predicted the same class for an input the model "
+             "is unsure about: dropout did not vary the predictions.")
+    if not path.is_file():
+        fail(f"mc_histogram() did not save the histogram to {path.name}.")

@@ -1,0 +1,344 @@
+"""Exercise 08: checkpoints that resume training exactly and survive a crash mid-save.
+
+Each test checks one property. Read the failure message first: it says what was expected,
+what the code did instead, and why it matters.
+"""
+
+import io
+import os
+from pathlib import Path
+
+import torch
+import torch.serialization
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from torchkata import data, under_test
+from torchkata.checks import call, fail
+
+checkpoint = under_test("checkpoint")
+train = under_test("train")
+
+RESUME = ("Resuming must restore everything that decides the next step: the weights, the "
+          "optimizer's state (Adam keeps two running averages per weight), the epoch counter, "
+          "and the random state that shuffles the data.")
+
+
+def new_run(device, seed: int = 0):
+    """A fresh model and Adam optimizer, as a newly started program would build them."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 3)).to(device)
+    return model, torch.optim.Adam(model.parameters(), lr=0.05)
+
+
+def loader() -> DataLoader:
+    x, y = data.blobs(n=32, classes=3, seed=0)  # 96 points, 6 shuffled batches per epoch
+    return DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True)
+
+
+def fit(model, optimizer, epochs, path, device):
+    return call(train.fit, model, optimizer, loader(), epochs, path, device,
+                what=f"fit(..., epochs={epochs}, checkpoint)")
+
+
+def save(path, model, optimizer, epoch):
+    call(checkpoint.save_checkpoint, path, model, optimizer, epoch,
+         what="save_checkpoint(path, model, optimizer, epoch)")
+
+
+def load(path, model, optimizer, device, why=""):
+    return call(checkpoint.load_checkpoint, path, model, optimizer, device,
+                what="load_checkpoint(path, model, optimizer, device)", why=why)
+
+
+def trained(device, steps: int = 3):
+    """A model and Adam optimizer after a few steps, so that the optimizer has state."""
+    model, optimizer = new_run(device)
+    x, y = data.blobs(n=8, classes=3, seed=1)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x.to(device)), y.to(device)).backward()
+        optimizer.step()
+    return model, optimizer
+
+
+def weights(model) -> list[torch.Tensor]:
+    return [p.detach().cpu().clone() for p in model.parameters()]
+
+
+# --- what a checkpoint holds ---------------------------------------------------------------
+
+
+def test_checkpoint_loads_with_weights_only(device, tmp_path):
+    """The checkpoint holds plain data: torch.load(..., weights_only=True) can read it."""
+    model, optimizer = trained(device)
+    save(tmp_path / "ckpt.pt", model, optimizer, 1)
+    try:
+        state = torch.load(tmp_path / "ckpt.pt", map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - the message names what could not be loaded
+        fail(f"torch.load(..., weights_only=True) cannot read the checkpoint: "
+             f"{str(exc).splitlines()[0]}. Expected a dict of state_dicts, tensors and numbers: "
+             f"a pickled module or object can only be loaded by running arbitrary code.")
+    if not isinstance(state, dict):
+        fail(f"The checkpoint holds a {type(state).__name__}; expected a dict, so that its "
+             f"parts (weights, optimizer state, epoch) can be found by name.")
+
+
+def test_load_restores_model_weights(device, tmp_path):
+    """A model built from scratch has the saved weights after load_checkpoint."""
+    model, optimizer = trained(device)
+    save(tmp_path / "ckpt.pt", model, optimizer, 1)
+    fresh, fresh_optimizer = new_run(device, seed=1)
+    load(tmp_path / "ckpt.pt", fresh, fresh_optimizer, device)
+    if not all(torch.equal(a, b) for a, b in zip(weights(model), weights(fresh))):
+        fail("After load_checkpoint the model's weights differ from those saved.")
+
+
+def test_load_restores_optimizer_state(device, tmp_path):
+    """A new Adam optimizer gets the saved running averages and step counts back."""
+    model, optimizer = trained(device)
+    save(tmp_path / "ckpt.pt", model, optimizer, 1)
+    fresh, fresh_optimizer = new_run(device, seed=1)
+    load(tmp_path / "ckpt.pt", fresh, fresh_optimizer, device)
+    saved, restored = optimizer.state_dict()["state"], fresh_optimizer.state_dict()["state"]
+    if not restored:
+        fail("After load_checkpoint the Adam optimizer has no state: its running averages "
+             "of the gradients and their squares start again from zero, and its step count "
+             "from 0, so the first steps after resuming are not the steps the interrupted run "
+             "would have taken (Adam's bias correction makes them full-size steps).")
+    for index, values in saved.items():
+        for key, value in values.items():
+            if not torch.equal(torch.as_tensor(value).cpu(),
+                               torch.as_tensor(restored[index][key]).cpu()):
+                fail(f"After load_checkpoint the optimizer's {key!r} of parameter {index} "
+                     f"differs from the one saved.")
+
+
+def test_load_restores_rng_state(tmp_path):
+    """After load_checkpoint, torch's random numbers continue as they would have after saving."""
+    model, optimizer = trained("cpu")
+    save(tmp_path / "ckpt.pt", model, optimizer, 1)
+    expected = torch.rand(5)  # what the uninterrupted program would draw next
+    torch.manual_seed(12345)  # a new program starts from another random state
+    load(tmp_path / "ckpt.pt", model, optimizer, "cpu")
+    if not torch.equal(torch.rand(5), expected):
+        fail("After load_checkpoint, torch.rand() does not continue where it was when the "
+             "checkpoint was saved. A DataLoader with shuffle=True draws each epoch's order "
+             "from torch's random generator: without its state, a resumed run sees the data in "
+             "a different order than the run it continues.")
+
+
+# --- resuming ------------------------------------------------------------------------------
+
+
+def test_checkpoint_counts_completed_epochs(device, tmp_path):
+    """After fit runs 2 epochs, its checkpoint says that 2 epochs are complete."""
+    model, optimizer = new_run(device)
+    fit(model, optimizer, 2, tmp_path / "ckpt.pt", device)
+    fresh, fresh_optimizer = new_run(device, seed=1)
+    done = load(tmp_path / "ckpt.pt", fresh, fresh_optimizer, device)
+    if done != 2:
+        fail(f"After 2 complete epochs, load_checkpoint returns {done}. Expected 2: the "
+             f"number of epochs done is where training resumes (epoch indices 0 and 1 are "
+             f"done, index 2 is next). Off by one repeats or skips an epoch on every resume.")
+
+
+def test_resume_runs_only_the_remaining_epochs(device, tmp_path):
+    """fit(epochs=5) after an interrupted fit(epochs=2) runs exactly the 3 missing epochs."""
+    model, optimizer = new_run(device)
+    fit(model, optimizer, 2, tmp_path / "ckpt.pt", device)
+    model, optimizer = new_run(device, seed=1)
+    history = fit(model, optimizer, 5, tmp_path / "ckpt.pt", device)
+    if len(history) != 3:
+        fail(f"Resuming a 5-epoch run after 2 complete epochs ran {len(history)} epoch(s); "
+             f"expected 3. The epoch counter saved in the checkpoint decides where training "
+             f"picks up.")
+
+
+def test_resumed_run_matches_uninterrupted_run(device, tmp_path):
+    """2 epochs, a restart, then 2 more give the same losses and weights as 4 epochs in one go."""
+    model, optimizer = new_run(device)
+    straight = fit(model, optimizer, 4, tmp_path / "straight.pt", device)
+    expected = weights(model)
+
+    model, optimizer = new_run(device)
+    first = fit(model, optimizer, 2, tmp_path / "resumed.pt", device)
+    model, optimizer = new_run(device, seed=99)  # a new program: other weights, other RNG state
+    second = fit(model, optimizer, 4, tmp_path / "resumed.pt", device)
+    resumed = first + second
+
+    exact = torch.device(device).type == "cpu"
+    same = (lambda a, b: torch.equal(a, b)) if exact else (
+        lambda a, b: torch.allclose(a, b, rtol=1e-5, atol=1e-6))
+    if len(resumed) != len(straight) or not same(torch.tensor(resumed), torch.tensor(straight)):
+        fail(f"Losses per epoch, uninterrupted: {[round(v, 6) for v in straight]}; "
+             f"interrupted after 2 epochs and resumed: {[round(v, 6) for v in resumed]}. "
+             f"Expected the same list. {RESUME}")
+    if not all(same(a, b) for a, b in zip(weights(model), expected)):
+        fail(f"The losses agree, but the final weights of the resumed run differ from the "
+             f"uninterrupted run's. {RESUME}")
+
+
+# --- loading anywhere, safely ----------------------------------------------------------------
+
+
+def test_load_maps_a_gpu_checkpoint_to_the_cpu(tmp_path, monkeypatch):
+    """A checkpoint written on a GPU machine loads on a machine without one."""
+    model, optimizer = trained("cpu")
+    with monkeypatch.context() as m:  # tag every saved tensor as living on cuda:0
+        registry = [(0, lambda storage: "cuda:0", lambda storage, location: None)]
+        m.setattr(torch.serialization, "_package_registry",
+                  registry + list(torch.serialization._package_registry))
+        save(tmp_path / "gpu.pt", model, optimizer, 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a laptop without a GPU
+    fresh, fresh_optimizer = new_run("cpu", seed=1)
+    load(tmp_path / "gpu.pt", fresh, fresh_optimizer, "cpu",
+         why="This checkpoint was saved on a GPU: each tensor in it remembers 'cuda:0', and "
+             "torch.load puts it back there unless it is told where the tensors should go.")
+    if not all(torch.equal(a, b) for a, b in zip(weights(model), weights(fresh))):
+        fail("After loading the GPU checkpoint on the CPU, the weights differ from those saved.")
+
+
+def test_load_refuses_code_hidden_in_a_checkpoint(tmp_path):
+    """load_checkpoint does not run code that a (malicious) checkpoint file carries."""
+    model, optimizer = trained("cpu")
+    marker = tmp_path / "code-ran-while-loading"
+
+    class Payload:
+        def __reduce__(self):  # unpickling this calls os.makedirs(marker)
+            return (os.makedirs, (str(marker),))
+
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 1,
+             "rng": torch.get_rng_state(), "note": Payload()}
+    torch.save(state, tmp_path / "evil.pt")
+    try:
+        checkpoint.load_checkpoint(tmp_path / "evil.pt", model, optimizer, "cpu")
+    except Exception:  # noqa: BLE001,S110 - refusing the file is the expected outcome
+        pass
+    if marker.exists():
+        fail("Loading a checkpoint ran code stored in the file: it created a folder on disk. "
+             "A checkpoint is a pickle, and unpickling can call any function; downloaded or "
+             "shared checkpoints must be loaded so that only tensors and plain data are "
+             "accepted.")
+
+
+# --- saving safely -------------------------------------------------------------------------
+
+
+def interrupted_save(real_save):
+    """A torch.save that writes half of the file, then fails, as a crash or full disk would."""
+
+    def save_half(obj, f, *args, **kwargs):
+        buffer = io.BytesIO()
+        real_save(obj, buffer, *args, **kwargs)
+        half = buffer.getvalue()[: len(buffer.getvalue()) // 2]
+        if isinstance(f, (str, os.PathLike)):
+            with open(f, "wb") as out:
+                out.write(half)
+        else:
+            f.write(half)
+        raise OSError(28, "No space left on device (simulated: the save stopped halfway)")
+
+    return save_half
+
+
+def save_interrupted(path, model, optimizer, monkeypatch) -> BaseException | None:
+    with monkeypatch.context() as m:
+        m.setattr(torch, "save", interrupted_save(torch.save))
+        try:
+            checkpoint.save_checkpoint(path, model, optimizer, 2)
+        except Exception as exc:  # noqa: BLE001 - the simulated failure, or the learner's
+            return exc
+    return None
+
+
+def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    """If saving fails halfway, the previous checkpoint is still there, whole and loadable."""
+    model, optimizer = trained("cpu")
+    path = tmp_path / "ckpt.pt"
+    save(path, model, optimizer, 1)
+    save_interrupted(path, model, optimizer, monkeypatch)
+    try:
+        epoch, error = torch.load(path, map_location="cpu", weights_only=True)["epoch"], None
+    except Exception as exc:  # noqa: BLE001 - any failure to load is the finding
+        epoch, error = None, f"{type(exc).__name__}: {str(exc).split('. ')[0]}"
+    if error:
+        fail(f"A save that failed halfway destroyed the previous checkpoint: loading it now "
+             f"raises {error}. Expected the old checkpoint intact: opening the file for "
+             f"writing truncates it, so a crash mid-save leaves neither the old checkpoint "
+             f"nor the new one.")
+    if epoch != 1:
+        fail(f"After a failed save the checkpoint says epoch {epoch}; expected the previous "
+             f"checkpoint (epoch 1), untouched.")
+
+
+def test_interrupted_save_raises_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    """A failed save reports its error and leaves no half-written file in the folder."""
+    model, optimizer = trained("cpu")
+    path = tmp_path / "ckpt.pt"
+    save(path, model, optimizer, 1)
+    error = save_interrupted(path, model, optimizer, monkeypatch)
+    if error is None:
+        fail("save_checkpoint returned normally although writing the file failed. Expected "
+             "the error to reach the caller: training that believes it saved a checkpoint it "
+             "does not have loses work at the next crash.")
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name != path.name)
+    if left:
+        fail(f"After a failed save the folder holds {left} besides the checkpoint. Expected "
+             f"the half-written temporary file to be removed: every crash would leave another "
+             f"one behind.")
+
+
+def record_file_operations(monkeypatch) -> list[tuple]:
+    """Record os.fsync (with the inode synced) and os.replace / os.rename calls, in order."""
+    events: list[tuple] = []
+    for name in ("fsync", "replace", "rename"):
+        real = getattr(os, name)
+
+        def wrapper(*args, _real=real, _name=name, **kwargs):
+            if _name == "fsync":
+                fd = args[0] if isinstance(args[0], int) else args[0].fileno()
+                events.append(("fsync", os.fstat(fd).st_ino))
+            else:
+                events.append((_name, Path(args[0]).resolve(), Path(args[1]).resolve()))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(os, name, wrapper)
+    return events
+
+
+def renames_onto(events, path) -> list[tuple]:
+    return [e for e in events if e[0] in ("replace", "rename") and e[2] == path.resolve()]
+
+
+def test_save_renames_a_temporary_file_from_the_same_folder(tmp_path, monkeypatch):
+    """The checkpoint appears by renaming a finished file that sits next to it."""
+    model, optimizer = trained("cpu")
+    path = tmp_path / "ckpt.pt"
+    events = record_file_operations(monkeypatch)
+    save(path, model, optimizer, 1)
+    moves = renames_onto(events, path)
+    if not moves:
+        fail("save_checkpoint wrote the checkpoint file directly. Expected it to write a "
+             "temporary file and then rename it onto the checkpoint's name with os.replace: a "
+             "rename is atomic, a write is not.")
+    if moves[-1][1].parent != path.resolve().parent:
+        fail(f"The temporary file was written in {moves[-1][1].parent}, not in the "
+             f"checkpoint's folder. A rename is atomic only within one file system, and "
+             f"another folder (such as /tmp) may be on another one.")
+
+
+def test_save_reaches_the_disk_before_the_rename(tmp_path, monkeypatch):
+    """The temporary file is flushed and fsync'ed before it is renamed onto the checkpoint."""
+    model, optimizer = trained("cpu")
+    path = tmp_path / "ckpt.pt"
+    events = record_file_operations(monkeypatch)
+    save(path, model, optimizer, 1)
+    moves = renames_onto(events, path)
+    inode = path.stat().st_ino
+    synced = [i for i, e in enumerate(events) if e == ("fsync", inode)]
+    if not moves or not synced or synced[0] > events.index(moves[-1]):
+        fail("The checkpoint's bytes were not forced to disk (os.fsync on the temporary "
+             "file, after flushing Python's buffer) before the rename. Expected fsync first: "
+             "after a power cut, the file system may otherwise keep the new name pointing at "
+             "a file whose contents never reached the disk.")
