@@ -1,0 +1,542 @@
+"""Exercise 10: segmentation with MONAI, where image and mask must stay in step.
+
+Each test checks one property. Read the failure message first: it says what was expected,
+what the code did instead, and why it matters.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from monai.data.synthetic import create_test_image_2d
+from torch.nn import functional as F
+
+from torchkata import targets, under_test
+from torchkata.checks import assert_grads_flow, call, fail
+
+transforms = under_test("transforms")
+model = under_test("model")
+data = under_test("data")
+train = under_test("train")
+
+CHANNEL_HINT = ("MONAI's array transforms read the first axis as channels and the rest as "
+                "space: the data must be channel-first before anything resizes or flips it.")
+TINY = (4, 8, 16)  # channels of a two-level U-Net: sizes must be divisible by 4
+
+
+@pytest.fixture(autouse=True)
+def one_cpu_thread():
+    """Models and images here are tiny: on a CPU, threads cost more than they bring (the
+    plugin restores the thread count after each test)."""
+    torch.set_num_threads(1)
+
+
+# --- helpers: masks with a known layout, and images built from them ----------------------
+
+
+def grid_mask(seed: int, cells: int, classes: int, h: int, w: int) -> tuple[np.ndarray, bool]:
+    """(h, w) int64 mask of cells x cells blocks of random classes (at least three distinct
+    when classes >= 3), and whether the layout changes a lot under any flip or turn."""
+    rng = np.random.default_rng(seed)
+    grid = rng.integers(0, classes, size=(cells, cells))
+    grid.flat[rng.permutation(cells * cells)[:3]] = np.arange(3) % classes
+    rows = np.arange(h) * cells // h
+    cols = np.arange(w) * cells // w
+    moved = [np.rot90(g, k) for g in (grid, grid.T) for k in range(4)][1:]
+    asymmetric = min(float((m != grid).mean()) for m in moved) >= 0.3
+    return grid[rows][:, cols].astype(np.int64), asymmetric
+
+
+def image_from_mask(mask: np.ndarray, channels: int) -> np.ndarray:
+    """An (H, W, C) image whose brightness is the class index: it names the mask everywhere."""
+    return np.repeat(mask[..., None].astype(np.float32), channels, axis=-1)
+
+
+def as_array(x) -> np.ndarray:
+    return np.asarray(torch.as_tensor(x).detach().cpu().float())
+
+
+def interior(label: np.ndarray, radius: int = 2) -> np.ndarray:
+    """Pixels of a (1, H, W) label whose whole (2r+1)^2 neighbourhood has their class."""
+    t = torch.as_tensor(label)[None].float()
+    k, p = 2 * radius + 1, radius
+    hi = F.max_pool2d(t, k, stride=1, padding=p)
+    lo = -F.max_pool2d(-t, k, stride=1, padding=p)
+    return (hi == lo)[0, 0].numpy()
+
+
+def run_transform(pipeline, sample: dict, what: str) -> dict:
+    return call(pipeline, sample, what=what, why=CHANNEL_HINT)
+
+
+def check_shapes(out: dict, channels: int, size: int, what: str) -> None:
+    image, label = tuple(out["image"].shape), tuple(out["label"].shape)
+    if image != (channels, size, size) or label != (1, size, size):
+        fail(f"{what} gave an image of shape {image} and a mask of shape {label}; expected "
+             f"({channels}, {size}, {size}) and (1, {size}, {size}): channels first, then the "
+             f"resized height and width. The raw image is (H, W, C) and the raw mask (H, W) "
+             f"without any channel axis. {CHANNEL_HINT}")
+
+
+def one_hot(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """(B, 1, H, W) indices -> (B, C, H, W) 0/1 float."""
+    return F.one_hot(labels[:, 0].long(), classes).permute(0, 3, 1, 2).float()
+
+
+def hand_dice(predicted: torch.Tensor, truth: torch.Tensor, classes: int) -> torch.Tensor:
+    """Oracle: per image, mean over the foreground classes present in truth of
+    2|P & T| / (|P| + |T|), from (B, H, W) class-index maps."""
+    scores = []
+    for p, t in zip(predicted, truth):
+        per_class = [2 * ((p == c) & (t == c)).sum() / ((p == c).sum() + (t == c).sum())
+                     for c in range(1, classes) if (t == c).any()]
+        scores.append(torch.stack(per_class).double().mean() if per_class else torch.tensor(0.0))
+    return torch.stack(scores).double()
+
+
+# --- transforms: shapes, class values, alignment ------------------------------------------
+
+
+@given(h=st.integers(20, 90), w=st.integers(20, 90), channels=st.sampled_from([1, 3]),
+       size=st.sampled_from([16, 32, 48]))
+def test_preprocess_gives_channel_first_image_and_mask(h, w, channels, size):
+    """val_transforms(size): (H, W, C) image and (H, W) mask -> (C, size, size), (1, size, size)."""
+    mask, _ = grid_mask(0, 4, 3, h, w)
+    sample = {"image": image_from_mask(mask, channels), "label": mask}
+    what = f"val_transforms({size}) on an image ({h}, {w}, {channels}) and a mask ({h}, {w})"
+    out = run_transform(transforms.val_transforms(size), sample, what)
+    check_shapes(out, channels, size, what)
+    image = as_array(out["image"])
+    if image.min() < -1e-6 or image.max() > 1 + 1e-6:
+        fail(f"{what}: image intensities span [{image.min():.3g}, {image.max():.3g}]; expected "
+             f"them scaled into [0, 1], so that every image reaches the network on one scale.")
+
+
+@given(seed=st.integers(0, 2**31 - 1), h=st.integers(8, 100), w=st.integers(8, 100),
+       classes=st.integers(3, 6), size=st.sampled_from([16, 32, 48]))
+def test_label_values_stay_in_the_class_set(seed, h, w, classes, size):
+    """After val_transforms every mask pixel still holds one of the mask's own class indices."""
+    mask, _ = grid_mask(seed, 5, classes, h, w)
+    sample = {"image": image_from_mask(mask, 1), "label": mask}
+    classes_in = sorted(int(c) for c in np.unique(mask))
+    what = f"val_transforms({size}) on a ({h}, {w}) mask with classes {classes_in}"
+    out = run_transform(transforms.val_transforms(size), sample, what)
+    values = np.unique(as_array(out["label"]))
+    foreign = [v for v in values if v not in classes_in]
+    if foreign:
+        shown = ", ".join(f"{v:.3g}" for v in foreign[:5])
+        fail(f"{what} gave mask values {shown}, which are not classes of that mask. A mask "
+             f"holds class indices: class 1.5 or 0.33 means nothing, and it becomes a wrong "
+             f"class when cast to an integer. Transforms meant for intensities (blending "
+             f"neighbours when resizing, rescaling to [0, 1]) must not touch the mask's values.")
+    check_shapes(out, 1, size, what)
+
+
+@given(seed=st.integers(0, 2**31 - 1), cells=st.sampled_from([3, 4]),
+       size=st.sampled_from([16, 24, 32]), channels=st.sampled_from([1, 3]))
+def test_augmentation_moves_image_and_mask_together(seed, cells, size, channels):
+    """Compose(augment()) on a channel-first sample: the image still names the mask's class
+    at every pixel, whatever the random draw."""
+    from monai.transforms import Compose
+
+    mask, asymmetric = grid_mask(seed, cells, 3, size, size)
+    if not asymmetric:
+        return
+    image = torch.from_numpy(image_from_mask(mask, channels)).permute(2, 0, 1)  # (C, H, W)
+    label = torch.from_numpy(mask)[None].float()  # (1, H, W)
+    pipeline = call(lambda: Compose(transforms.augment()), what="Compose(augment())")
+    pipeline.set_random_state(seed=seed)
+    what = f"augment() on a ({channels}, {size}, {size}) image and (1, {size}, {size}) mask"
+    out = call(pipeline, {"image": image, "label": label}, what=what)
+    got_image, got_label = as_array(out["image"]), as_array(out["label"])
+    if got_image.shape[1:] != got_label.shape[1:]:
+        fail(f"After augment() the image is {got_image.shape} and the mask {got_label.shape}: a "
+             f"turn of one without the other. Every random spatial transform must move both.")
+    agree = (got_image == got_label).all(axis=0).mean()
+    if agree < 1:
+        fail(f"After augment() (random seed {seed}) the image and its mask agree on only "
+             f"{agree:.0%} of the pixels (the test's image is the mask itself, so they must agree "
+             f"everywhere). A flip or turn that moves the image but not its mask teaches the "
+             f"network that objects are where they are not. Each random spatial transform must "
+             f"draw once and apply the same move to the image and to the label.")
+
+
+def test_augmentation_changes_orientation():
+    """augment() is really random: over 32 draws, several orientations of the image appear."""
+    from monai.transforms import Compose
+
+    mask, _ = grid_mask(3, 4, 3, 16, 16)
+    sample = {"image": torch.from_numpy(mask)[None].float(), "label": torch.from_numpy(mask)[None]}
+    pipeline = call(lambda: Compose(transforms.augment()), what="Compose(augment())")
+    seen = set()
+    for seed in range(32):
+        pipeline.set_random_state(seed=seed)
+        out = call(pipeline, dict(sample), what="augment() on a (1, 16, 16) image and mask")
+        seen.add(as_array(out["image"]).tobytes())
+    if len(seen) < 4:
+        fail(f"Over 32 random draws augment() produced only {len(seen)} different orientations "
+             f"of the image. Expected random flips and quarter turns (up to 8 orientations): "
+             f"augmentation that never changes anything does not augment.")
+
+
+@given(seed=st.integers(0, 2**31 - 1), h=st.integers(32, 96), w=st.integers(32, 96),
+       cells=st.sampled_from([3, 4]), channels=st.sampled_from([1, 3]),
+       size=st.sampled_from([32, 48]))
+def test_training_pipeline_keeps_image_and_mask_aligned(seed, h, w, cells, channels, size):
+    """train_transforms: build an image from its mask, transform both; away from class edges
+    the image's brightness still names the mask's class at every pixel."""
+    mask, asymmetric = grid_mask(seed, cells, 3, h, w)
+    if not asymmetric:
+        return
+    sample = {"image": image_from_mask(mask, channels), "label": mask}
+    pipeline = call(transforms.train_transforms, size, what=f"train_transforms({size})")
+    pipeline.set_random_state(seed=seed)
+    what = f"train_transforms({size}) on an image ({h}, {w}, {channels}) and a mask ({h}, {w})"
+    out = run_transform(pipeline, sample, what)
+    check_shapes(out, channels, size, what)
+    image, label = as_array(out["image"]), as_array(out["label"])
+    lo, hi = mask.min(), mask.max()
+    named = image[0] * (hi - lo) + lo  # undo the [0, 1] scaling: the class each pixel shows
+    inside = interior(label)
+    agree = (np.abs(named - label[0]) < 1e-3)[inside].mean()
+    if agree < 1:
+        fail(f"{what} (random seed {seed}): away from the edges between classes, the image and "
+             f"its mask agree on only {agree:.0%} of the pixels (the test's image is drawn from "
+             f"the mask, so they must agree everywhere there). Whatever moves the image's pixels "
+             f"must move the mask's pixels the same way, with the same random draw.")
+
+
+def test_validation_transforms_are_not_random():
+    """val_transforms gives the same output for the same sample, whatever the random state."""
+    mask, _ = grid_mask(5, 4, 3, 40, 40)
+    outs = []
+    for seed in (0, 1, 2, 3):
+        pipeline = transforms.val_transforms(32)
+        pipeline.set_random_state(seed=seed)
+        out = run_transform(pipeline, {"image": image_from_mask(mask, 1), "label": mask},
+                            "val_transforms(32)")
+        outs.append(as_array(out["label"]))
+    if any(not np.array_equal(outs[0], o) for o in outs[1:]):
+        fail("val_transforms(32) gave different masks for the same sample under different "
+             "random seeds. Validation must measure the model on fixed data: augmentation "
+             "belongs to the training split only.")
+
+
+# --- the network, the loss ----------------------------------------------------------------
+
+
+@given(batch=st.integers(1, 3), depth=st.integers(1, 3), k=st.integers(1, 3),
+       in_channels=st.sampled_from([1, 3]), classes=st.integers(2, 5),
+       res_units=st.integers(0, 1))
+def test_unet_output_shape(device, batch, depth, k, in_channels, classes, res_units):
+    """build_unet maps (B, C_in, H, W) to (B, num_classes, H, W) when H, W divide by 2^depth."""
+    channels = TINY[:1] + tuple(4 * 2**i for i in range(1, depth + 1))
+    side = k * 2**depth
+    net = call(model.build_unet, in_channels, classes, channels, res_units,
+               what=f"build_unet({in_channels}, {classes}, {channels}, {res_units})").to(device)
+    x = torch.rand(batch, in_channels, side, side + 2**depth, device=device)
+    out = call(net, x, what=f"the U-Net on input {tuple(x.shape)}")
+    expected = (batch, classes, side, side + 2**depth)
+    if tuple(out.shape) != expected:
+        fail(f"build_unet({in_channels}, {classes}, channels={channels}) on input "
+             f"{tuple(x.shape)} returned {tuple(out.shape)}; expected {expected}: one score per "
+             f"class for every pixel of the input.")
+
+
+def test_loss_takes_class_index_labels(device):
+    """build_loss() compares logits (B, C, H, W) with labels (B, 1, H, W) of class indices."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 16, 16, generator=g).to(device)
+    labels = torch.randint(0, 3, (2, 1, 16, 16), generator=g).float().to(device)
+    loss = call(model.build_loss(), logits, labels,
+                what="build_loss() on logits (2, 3, 16, 16) and labels (2, 1, 16, 16)",
+                why="The pipeline gives one class index per pixel, while Dice compares one 0/1 "
+                    "mask per class with the matching channel of the logits.")
+    if loss.dim() != 0 or not torch.isfinite(loss):
+        fail(f"build_loss() returned {loss}; expected one finite number for the batch.")
+
+
+def test_loss_ignores_a_constant_added_to_every_class_score(device):
+    """Adding the same number to all C scores of a pixel changes no class probability, so
+    it must not change the loss."""
+    g = torch.Generator().manual_seed(1)
+    logits = (3 * torch.randn(2, 3, 16, 16, generator=g)).to(device)
+    shift = (5 * torch.randn(2, 1, 16, 16, generator=g)).to(device)
+    labels = torch.randint(0, 3, (2, 1, 16, 16), generator=g).float().to(device)
+    loss_fn = model.build_loss()
+    what = "build_loss() on logits (2, 3, 16, 16) and class-index labels (2, 1, 16, 16)"
+    before = call(loss_fn, logits, labels, what=what).item()
+    after = call(loss_fn, logits + shift, labels, what=what).item()
+    if abs(before - after) > 1e-4 * max(1.0, abs(before)):
+        fail(f"The loss went from {before:.4f} to {after:.4f} when the same number was added to "
+             f"every class score of each pixel. The class probabilities (softmax over the "
+             f"class axis) did not change, so neither should the loss. Dice must be computed on "
+             f"probabilities that compete across classes, not on raw scores or on independent "
+             f"per-class squashing.")
+
+
+def test_loss_is_small_for_a_confident_right_answer(device):
+    """Confident logits for the true classes give a loss near 0; for wrong classes, a large one."""
+    g = torch.Generator().manual_seed(2)
+    labels = torch.randint(0, 3, (2, 1, 16, 16), generator=g).float().to(device)
+    right = 20 * one_hot(labels, 3)
+    wrong = 20 * one_hot((labels + 1) % 3, 3)
+    loss_fn = model.build_loss()
+    what = "build_loss() on logits (2, 3, 16, 16) and class-index labels (2, 1, 16, 16)"
+    good = call(loss_fn, right, labels, what=what).item()
+    bad = call(loss_fn, wrong, labels, what=what).item()
+    if not (good < 0.05 and bad > 0.5):
+        fail(f"The loss is {good:.3f} for confident right logits and {bad:.3f} for confident "
+             f"wrong ones; expected about 0 and clearly more than 0.5.")
+
+
+def test_every_parameter_gets_a_gradient(device):
+    """One backward pass of the loss reaches every weight of the U-Net."""
+    net = model.build_unet(1, 3, TINY, 1).to(device)
+    x = torch.rand(2, 1, 16, 16, device=device)
+    labels = torch.randint(0, 3, (2, 1, 16, 16)).float().to(device)
+    loss = call(model.build_loss(), net(x), labels,
+                what="build_loss() on the U-Net's logits (2, 3, 16, 16) and labels (2, 1, 16, 16)")
+    assert_grads_flow(net, loss, "the U-Net")
+
+
+# --- inference and the score ----------------------------------------------------------------
+
+
+@given(h=st.integers(20, 80), w=st.integers(20, 80))
+def test_predict_handles_any_image_size(device, h, w):
+    """predict gives (B, C, H, W) logits for images whose size the U-Net alone cannot take."""
+    net = model.build_unet(1, 3, TINY, 0).to(device)
+    x = torch.rand(2, 1, h, w, device=device)
+    out = call(model.predict, net, x, 32, what=f"predict() on images {tuple(x.shape)}, window 32",
+               why="A U-Net halves and doubles sizes: any image must be cut into windows it takes.")
+    if tuple(out.shape) != (2, 3, h, w):
+        fail(f"predict() on images {tuple(x.shape)} returned {tuple(out.shape)}; expected "
+             f"(2, 3, {h}, {w}): logits for every pixel of the input, whatever its size.")
+
+
+def test_predict_of_one_window_is_the_model_output(device):
+    """For an image exactly the window's size, predict returns the network's own logits."""
+    net = model.build_unet(1, 3, TINY, 1).to(device)
+    x = torch.rand(2, 1, 32, 32, device=device)
+    out = call(model.predict, net, x, 32, what="predict() on images (2, 1, 32, 32), window 32")
+    with torch.no_grad():
+        expected = net.eval()(x)
+    if not torch.allclose(out, expected, atol=1e-4):
+        fail("predict() on an image exactly one window in size should give the network's "
+             "logits for it, in eval mode; it returned something else.")
+
+
+def dice_case(seed: int, batch: int, classes: int, side: int):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, classes, (batch, 1, side, side), generator=g)
+    labels[:, 0, 0, :classes] = torch.arange(classes)  # every class appears in every image
+    return g, labels.float()
+
+
+@given(seed=st.integers(0, 2**31 - 1), batch=st.integers(1, 3), classes=st.integers(2, 5),
+       side=st.integers(6, 16))
+def test_dice_of_a_perfect_prediction_is_one(device, seed, batch, classes, side):
+    """Logits whose highest score is the true class at every pixel score Dice 1 per image,
+    whatever their scale or offset."""
+    g, labels = dice_case(seed, batch, classes, side)
+    offset = 20 * torch.rand(batch, 1, side, side, generator=g) - 10
+    logits = 3 * one_hot(labels, classes) + offset + 0.1 * torch.rand(labels.shape, generator=g)
+    got = call(model.dice_per_image, logits.to(device), labels.to(device), classes,
+               what=f"dice_per_image() on logits {tuple(logits.shape)}")
+    got = torch.as_tensor(got).detach().cpu().double().flatten()
+    if got.shape != (batch,) or not torch.allclose(got, torch.ones(batch, dtype=torch.double)):
+        fail(f"dice_per_image() scored a perfect prediction {[round(v, 4) for v in got.tolist()]}; "
+             f"expected 1.0 for "
+             f"each of the {batch} images. The prediction of a pixel is its highest-scoring "
+             f"class; raw scores are not probabilities, and their size says nothing by itself.")
+
+
+@given(seed=st.integers(0, 2**31 - 1), batch=st.integers(1, 3), classes=st.integers(2, 5),
+       side=st.integers(6, 16))
+def test_dice_matches_a_hand_count(device, seed, batch, classes, side):
+    """dice_per_image equals 2|P & T| / (|P| + |T|), averaged over the foreground classes."""
+    g, labels = dice_case(seed, batch, classes, side)
+    logits = torch.randn(batch, classes, side, side, generator=g) + 2 * one_hot(labels, classes)
+    got = call(model.dice_per_image, logits.to(device), labels.to(device), classes,
+               what=f"dice_per_image() on logits {tuple(logits.shape)}")
+    got = torch.as_tensor(got).detach().cpu().double().flatten()
+    expected = hand_dice(logits.argmax(dim=1), labels[:, 0], classes)
+    if got.shape != expected.shape or not torch.allclose(got, expected, atol=1e-5):
+        fail(f"dice_per_image() gave {[round(v, 4) for v in got.tolist()]}; counting by hand "
+             f"gives {[round(v, 4) for v in expected.tolist()]}. For each image and each "
+             f"foreground class: predicted mask P (pixels whose best class it is), true mask T, "
+             f"Dice = 2|P & T| / (|P| + |T|); then the mean over the classes.")
+
+
+# --- training -------------------------------------------------------------------------------
+
+DICE_THRESHOLD = 0.6  # measured: see reference/10_unet/bugs.toml
+
+
+def circles(n: int, seed: int) -> list[dict]:
+    """MONAI's synthetic images: noisy circles of classes 1 and 2 (1 is dimmer) on class 0."""
+    rng = np.random.RandomState(seed)
+    pairs = [create_test_image_2d(64, 64, num_objs=6, rad_max=10, rad_min=4, noise_max=0.5,
+                                  num_seg_classes=2, random_state=rng) for _ in range(n)]
+    return [{"image": image[..., None].astype(np.float32), "label": mask.astype(np.int64)}
+            for image, mask in pairs]
+
+
+@pytest.fixture(scope="module")
+def trained(device):
+    """A small U-Net trained by fit() for 6 epochs on 32 synthetic images; 16 held out."""
+    from monai.data import DataLoader, Dataset
+
+    torch.set_num_threads(1)  # module fixtures run before one_cpu_thread
+    train_set = Dataset(circles(32, seed=100), transform=transforms.train_transforms(64))
+    val_set = Dataset(circles(16, seed=200), transform=transforms.val_transforms(64))
+    train_loader = DataLoader(train_set, batch_size=8, shuffle=True)
+    val_loader = DataLoader(val_set, batch_size=16)
+    net = model.build_unet(1, 3, (8, 16, 32), 1)
+    history = call(train.fit, net, train_loader, val_loader, 3, epochs=6, lr=3e-2,
+                   device=device, roi_size=64, what="fit() on 32 synthetic images")
+    batch = next(iter(val_loader))
+    with torch.no_grad():
+        logits = net.to(device).eval()(batch["image"].to(device)).cpu()
+    dice = hand_dice(logits.argmax(dim=1), batch["label"][:, 0], 3).mean().item()
+    return history, dice
+
+
+def test_training_reaches_dice_on_held_out_images(trained):
+    """fit() trains the U-Net to a measured Dice on held-out synthetic images."""
+    _, dice = trained
+    if dice < DICE_THRESHOLD:
+        fail(f"After fit() the U-Net reaches a mean Dice of {dice:.3f} on 16 held-out images; "
+             f"expected at least {DICE_THRESHOLD} (the reference solution reaches it on every "
+             f"seed we measured). If the tests above pass, look at what reaches the loss: are "
+             f"the training images and masks still in step after augmentation?")
+
+
+def test_fit_reports_the_validation_dice(trained):
+    """fit()'s last record holds the validation Dice of the trained model."""
+    history, dice = trained
+    if not history or "dice" not in history[-1]:
+        fail(f"fit() returned {history!r}; expected one record per epoch with a 'dice' entry.")
+    reported = float(history[-1]["dice"])
+    if abs(reported - dice) > 0.02:
+        fail(f"fit() reports a validation Dice of {reported:.3f}, but counting by hand on the "
+             f"same images gives {dice:.3f}.")
+
+
+def test_run_steps_learns_one_batch(device):
+    """run_steps(..., channels_last=True) drives the loss on one small batch down."""
+    rng = np.random.RandomState(0)
+    pairs = [create_test_image_2d(32, 32, num_objs=3, rad_max=8, num_seg_classes=2,
+                                  random_state=rng) for _ in range(4)]
+    images = torch.stack([torch.from_numpy(i).float()[None] for i, _ in pairs]).to(device)
+    labels = torch.stack([torch.from_numpy(m).float()[None] for _, m in pairs]).to(device)
+    net = model.build_unet(1, 3, TINY, 1).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    losses = call(train.run_steps, net, optimizer, model.build_loss(), images, labels, 40,
+                  batch_size=4, channels_last=True, what="run_steps() for 40 steps")
+    losses = torch.as_tensor(losses).detach().cpu()
+    if losses.shape != (40,) or not torch.isfinite(losses).all():
+        fail(f"run_steps() returned {losses}; expected 40 finite losses, one per step.")
+    if losses[-5:].mean() > 0.5 * losses[:5].mean():
+        fail(f"run_steps() on one batch of 4 images: the loss went from {losses[:5].mean():.3f} "
+             f"to {losses[-5:].mean():.3f}; expected it to at least halve.")
+
+
+@pytest.mark.gpu
+def test_run_steps_compiled_in_bfloat16_on_cuda(device):
+    """On CUDA, run_steps with bfloat16 autocast, channels-last and torch.compile learns."""
+    net = model.build_unet(1, 3, TINY, 1).to(device)
+    images = torch.rand(8, 1, 32, 32, device=device)
+    labels = (images > 0.5).float() + (images > 0.8).float()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    losses = call(train.run_steps, net, optimizer, model.build_loss(), images, labels, 30,
+                  amp_dtype=torch.bfloat16, channels_last=True, compile=True,
+                  what="run_steps() compiled, in bfloat16")
+    if not torch.isfinite(losses).all() or losses[-5:].mean() > losses[:5].mean():
+        fail(f"run_steps() in bfloat16 did not learn: losses {losses[:3].tolist()} ... "
+             f"{losses[-3:].tolist()}.")
+
+
+# --- the data and the script ----------------------------------------------------------------
+
+
+def write_sbd(root, masks: list[np.ndarray]) -> None:
+    """A tiny SBD in the layout torchvision reads: img/*.jpg, cls/*.mat, train.txt."""
+    from PIL import Image
+    from scipy.io import savemat
+
+    (root / "img").mkdir(parents=True)
+    (root / "cls").mkdir()
+    names = [f"2008_{i:06d}" for i in range(len(masks))]
+    palette = np.random.default_rng(0).integers(0, 256, size=(21, 3), dtype=np.uint8)
+    for name, mask in zip(names, masks):
+        Image.fromarray(palette[mask]).save(root / "img" / f"{name}.jpg")
+        savemat(root / "cls" / f"{name}.mat", {"GTcls": {"Segmentation": mask.astype(np.uint8)}})
+    (root / "train.txt").write_text("\n".join(names) + "\n")
+
+
+def test_sbd_samples_become_rgb_network_inputs(tmp_path):
+    """SBD's RGB photos and masks go through val_transforms as (3, s, s) and (1, s, s)."""
+    masks = [grid_mask(i, 4, 21, 45 + 10 * i, 60)[0] for i in range(2)]
+    write_sbd(tmp_path / "sbd", masks)
+    pairs = call(data.sbd, tmp_path / "sbd", "train", download=False,
+                 what="data.sbd() on a tiny SBD folder (download=False)")
+    dataset = data.PairsAsDicts(pairs, transforms.val_transforms(32))
+    for i, mask in enumerate(masks):
+        out = run_transform(dataset.__getitem__, i, f"SBD sample {i} through val_transforms(32)")
+        check_shapes(out, 3, 32, f"val_transforms(32) on SBD photo {i} ({mask.shape} RGB)")
+        if not set(np.unique(as_array(out["label"]))) <= set(mask.flat):
+            fail(f"SBD sample {i}: the mask holds values that are not its classes after "
+                 f"val_transforms(32).")
+
+
+DRY_RUN = "test_dry_run_trains_and_saves_offline"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def dry_run(request, tmp_path_factory):
+    """Starts `python train.py --dry-run` in the background as soon as this file's tests begin
+    (when its test was selected), so that the script's start-up overlaps the other tests."""
+    if not any(item.name == DRY_RUN for item in request.session.items):
+        yield None
+        return
+    folder = targets.resolve(Path(__file__).parent)
+    cwd = tmp_path_factory.mktemp("dry-run")
+    with (cwd / "out.txt").open("w") as out, (cwd / "err.txt").open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, str(folder / "train.py"), "--dry-run", "--checkpoint", "dry.pt"],
+            cwd=cwd, stdout=out, stderr=err, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    yield proc, cwd, folder
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_dry_run_trains_and_saves_offline(dry_run):
+    """`python train.py --dry-run` (cwd: a temporary folder) trains briefly on synthetic data,
+    offline, prints the validation Dice and saves weights that build_unet(1, 3) loads."""
+    proc, cwd, folder = dry_run
+    try:
+        code = proc.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        fail("`python train.py --dry-run` did not finish within 5 minutes.")
+    stdout, stderr = (cwd / "out.txt").read_text(), (cwd / "err.txt").read_text()
+    if code != 0:
+        lines = stderr.strip().splitlines()
+        mine = [i for i, line in enumerate(lines) if str(folder) in line]
+        where = "\n".join(lines[mine[-1] : mine[-1] + 2]) if mine else ""
+        fail(f"`python train.py --dry-run` exited with code {code}:\n{where}\n"
+             f"{lines[-1] if lines else ''}".replace("\n\n", "\n"))
+    if "Dice" not in stdout or not (cwd / "dry.pt").is_file():
+        fail(f"`python train.py --dry-run` should print the validation Dice and save dry.pt; "
+             f"it printed:\n{stdout[-500:]}")
+    state = torch.load(cwd / "dry.pt", map_location="cpu", weights_only=True)
+    call(model.build_unet(1, 3).load_state_dict, state,
+         what="loading dry.pt into build_unet(1, 3)")
