@@ -3,202 +3,52 @@
 ``kata`` (or ``python -m torchkata``) works in any copy of the repository: it walks up from
 the current directory to the folder that holds ``exercises/`` and ``reference/``. Progress
 and backups live in ``.kata/`` there (ignored by git). It never imports torch itself: each
-run is ``python -m pytest exercises/NN_topic`` in a subprocess, whose JUnit XML gives the
-outcome, while this module, loaded into that pytest as a plugin (``-p torchkata.cli``),
-streams each failure as it happens so that the first one shows at once.
+run is ``python -m pytest exercises/NN_topic`` in a subprocess (see ``torchkata.runner``).
+This module holds the command line: its parser, its output and one function per command.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import signal
-import subprocess
 import sys
-import tempfile
 import textwrap
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from torchkata import paths
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-STATE_DIR = ".kata"
-STATE_FILE = "state.json"
-MANIFEST = "exercises/MANIFEST.sha256"
-ENV_EVENTS = "TORCHKATA_KATA_EVENTS"
-MAX_MESSAGE_LINES = 15
-STATUSES = ("failing", "edited", "done")
-
-
-class KataError(Exception):
-    """A problem to tell the learner in one message (exit status 2), not a crash."""
-
-
-# --- the repository and its exercises -----------------------------------------------------
-
-
-def find_root(start: Path | None = None) -> Path:
-    """The nearest folder at or above ``start`` holding exercises/ and reference/."""
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "exercises").is_dir() and (folder / "reference").is_dir():
-            return folder
-    return paths.repo_root()
-
-
-@dataclass
-class Exercise:
-    name: str  # "01_mlp"
-    folder: Path
-    reference: Path
-    title: str = ""
-    hints: list[str] = field(default_factory=list)
-
-    @property
-    def number(self) -> int:
-        return int(self.name[:2])
-
-    @property
-    def short(self) -> str:
-        return self.name[:2]
-
-
-def read_meta(folder: Path) -> dict:
-    """exercise.toml, or {} when it is missing or broken (an exercise being written)."""
-    try:
-        meta = tomllib.loads((folder / "exercise.toml").read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return {}
-    return meta if isinstance(meta, dict) else {}
-
-
-def exercises(root: Path) -> list[Exercise]:
-    """Every exercise folder of ``root``, in curriculum order (found anew on each call)."""
-    found = []
-    for name in paths.exercise_names(root):
-        meta = read_meta(root / "exercises" / name)
-        hints = meta.get("hints", [])
-        found.append(Exercise(
-            name=name,
-            folder=root / "exercises" / name,
-            reference=root / "reference" / name,
-            title=str(meta.get("title", "")),
-            hints=[str(h) for h in hints] if isinstance(hints, list) else [],
-        ))
-    if not found:
-        raise KataError(f"no exercises found in {root / 'exercises'}")
-    return found
-
-
-def pick(all_exercises: list[Exercise], spec: str) -> Exercise:
-    """The exercise named by ``spec``: ``1``, ``01``, ``01_mlp``, ``mlp`` or its folder path."""
-    name = Path(spec.strip()).name
-    for ex in all_exercises:
-        if name in (ex.name, ex.name[3:]) or (name.isdigit() and int(name) == ex.number):
-            return ex
-    choices = ", ".join(ex.name for ex in all_exercises)
-    raise KataError(f"no exercise {spec!r}; choose one of: {choices}")
-
-
-# --- progress state: .kata/state.json ---------------------------------------------------
-
-
-def state_path(root: Path) -> Path:
-    return root / STATE_DIR / STATE_FILE
-
-
-def fresh_state() -> dict:
-    return {"version": 1, "exercises": {}}
-
-
-def load_state(root: Path) -> dict:
-    """The learner's progress; a missing or corrupt file gives a fresh state, never a crash."""
-    path = state_path(root)
-    if not path.exists():
-        return fresh_state()
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(raw, dict) or not isinstance(raw.get("exercises"), dict):
-            raise ValueError("not a kata state")
-    except (OSError, ValueError, UnicodeDecodeError):
-        kept = path.with_name(f"{STATE_FILE}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-        try:
-            path.replace(kept)
-            note = f" (the old file is kept as {kept.relative_to(root)})"
-        except OSError:
-            note = ""
-        print(f"kata: {path.relative_to(root)} was unreadable; starting a fresh one{note}.",
-              file=sys.stderr)
-        return fresh_state()
-    state = fresh_state()
-    for name, entry in raw["exercises"].items():
-        if isinstance(name, str) and isinstance(entry, dict):
-            state["exercises"][name] = clean_entry(entry)
-    return state
-
-
-def clean_entry(entry: dict) -> dict:
-    """Keep only the well-formed fields of one exercise's record."""
-    clean: dict = {}
-    if entry.get("status") in STATUSES:
-        clean["status"] = entry["status"]
-    for key in ("passed", "total", "hints_seen"):
-        value = entry.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            clean[key] = value
-    failing = entry.get("failing")
-    if isinstance(failing, list) and all(isinstance(t, str) for t in failing):
-        clean["failing"] = failing
-    if isinstance(entry.get("last_run"), str):
-        clean["last_run"] = entry["last_run"]
-    return clean
-
-
-def save_state(root: Path, state: dict) -> None:
-    folder = root / STATE_DIR
-    folder.mkdir(exist_ok=True)
-    ignore = folder / ".gitignore"
-    if not ignore.exists():  # keeps progress out of git even in a copy without .gitignore
-        ignore.write_text("*\n", encoding="utf-8")
-    tmp = folder / f"{STATE_FILE}.tmp"
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(state_path(root))
-
-
-def entry_of(state: dict, ex: Exercise) -> dict:
-    return state["exercises"].setdefault(ex.name, {})
-
-
-def status_of(state: dict, ex: Exercise) -> str:
-    return state["exercises"].get(ex.name, {}).get("status", "not started")
-
-
-def current(all_exercises: list[Exercise], state: dict) -> Exercise | None:
-    """The first exercise, in curriculum order, that is not done."""
-    for ex in all_exercises:
-        if status_of(state, ex) != "done":
-            return ex
-    return None
-
-
-def next_after(all_exercises: list[Exercise], state: dict, ex: Exercise) -> Exercise | None:
-    """The next exercise that is not done: after ``ex`` first, then from the start."""
-    later = [e for e in all_exercises if e.name > ex.name]
-    earlier = [e for e in all_exercises if e.name < ex.name]
-    for e in later + earlier:
-        if status_of(state, e) != "done":
-            return e
-    return None
-
+from torchkata.manifest import (
+    MANIFEST,
+    compute_manifest,
+    format_manifest,
+    read_manifest,
+    suite_files,
+    suite_problems,
+)
+from torchkata.progress import (
+    STATE_DIR,
+    Exercise,
+    KataError,
+    current,
+    entry_of,
+    exercises,
+    find_root,
+    load_state,
+    next_after,
+    pick,
+    record,
+    rel,
+    save_state,
+    status_of,
+)
+from torchkata.runner import (  # build_pytest_command: for tests/test_cli.py
+    MAX_MESSAGE_LINES,
+    RunResult,
+    build_pytest_command,  # noqa: F401
+    effective_target,
+    run_suite,
+)
+from torchkata.watch import Watcher
 
 # --- output -----------------------------------------------------------------------------
 
@@ -227,180 +77,6 @@ def say(text: str = "") -> None:
 
 def wrap(text: str, indent: str = "  ") -> str:
     return textwrap.fill(text, width=92, initial_indent=indent, subsequent_indent=indent)
-
-
-def rel(root: Path, path: Path) -> str:
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
-
-
-# --- the manifest of shipped test files ---------------------------------------------------
-
-
-def suite_files(root: Path) -> list[str]:
-    """Test files of every exercise, relative to exercises/: test_*.py and conftest.py."""
-    found = []
-    base = root / "exercises"
-    if (base / "conftest.py").is_file():
-        found.append("conftest.py")
-    for name in paths.exercise_names(root):
-        folder = base / name
-        files = [*folder.glob("test_*.py"), *folder.glob("conftest.py")]
-        found += [f"{name}/{p.name}" for p in files if p.is_file()]
-    return sorted(found)
-
-
-def file_hash(path: Path) -> str:
-    """sha256 of the file with line endings normalised (a Windows checkout is not an edit)."""
-    return hashlib.sha256(path.read_bytes().replace(b"\r\n", b"\n")).hexdigest()
-
-
-def compute_manifest(root: Path) -> dict[str, str]:
-    return {f: file_hash(root / "exercises" / f) for f in suite_files(root)}
-
-
-def format_manifest(manifest: dict[str, str]) -> str:
-    """``sha256sum`` format, so ``cd exercises && sha256sum -c MANIFEST.sha256`` works too."""
-    return "".join(f"{digest}  {name}\n" for name, digest in sorted(manifest.items()))
-
-
-def read_manifest(root: Path) -> dict[str, str] | None:
-    path = root / MANIFEST
-    if not path.is_file():
-        return None
-    manifest = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        digest, _, name = line.strip().partition("  ")
-        if digest and name:
-            manifest[name.lstrip("*")] = digest
-    return manifest
-
-
-def suite_problems(root: Path, manifest: dict[str, str],
-                       names: list[str] | None = None) -> dict[str, str]:
-    """``exercises/``-relative test file -> what is wrong with it (edited, missing, unknown)."""
-    actual = compute_manifest(root)
-    wanted = set(manifest) | set(actual)
-    if names is not None:
-        wanted = {f for f in wanted if f.split("/", 1)[0] in names}
-    problems = {}
-    for f in sorted(wanted):
-        if f not in actual:
-            problems[f] = "missing"
-        elif f not in manifest:
-            problems[f] = "not in the manifest"
-        elif actual[f] != manifest[f]:
-            problems[f] = "edited"
-    return problems
-
-
-# --- running a suite ----------------------------------------------------------------------
-
-
-@dataclass
-class RunResult:
-    returncode: int
-    failed: set[str]
-    passed: set[str]
-    events: list[dict]
-    output: str
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0 and bool(self.passed) and not self.failed
-
-
-def build_pytest_command(ex: Exercise, root: Path, junit: Path, device: str | None,
-                         target: str | None, verbose: bool) -> list[str]:
-    """``python -m pytest exercises/NN_topic ...``, run with the repository as cwd."""
-    cmd = [sys.executable, "-m", "pytest", rel(root, ex.folder), "-p", "no:cacheprovider",
-           f"--junitxml={junit}", "-o", "junit_family=xunit2"]
-    if device:
-        cmd.append(f"--device={device}")
-    if target:
-        cmd.append(f"--target={target}")
-    cmd += ["-v"] if verbose else ["-p", "torchkata.cli", "-q", "--no-header"]
-    return cmd
-
-
-def run_suite(root: Path, ex: Exercise, device: str | None = None, target: str | None = None,
-              verbose: bool = False, on_event=None) -> RunResult:
-    """Run the exercise's suite in a subprocess; call ``on_event`` for each failure at once."""
-    from torchkata.selfcheck import outcomes
-
-    with tempfile.TemporaryDirectory(prefix="kata-") as tmp:
-        junit, events, out = Path(tmp) / "junit.xml", Path(tmp) / "events.jsonl", Path(tmp) / "out"
-        cmd = build_pytest_command(ex, root, junit, device, target, verbose)
-        env = {**os.environ, ENV_EVENTS: str(events)}
-        seen: list[dict] = []
-        with out.open("w") as sink:
-            proc = subprocess.Popen(cmd, cwd=root, env=env, stdin=subprocess.DEVNULL,
-                                    stdout=None if verbose else sink,
-                                    stderr=None if verbose else subprocess.STDOUT)
-            try:
-                offset = 0
-                while True:
-                    returncode = proc.poll()
-                    offset = _read_events(events, offset, seen, on_event)
-                    if returncode is not None:
-                        break
-                    time.sleep(0.05)
-            except BaseException:
-                _stop(proc)
-                raise
-        failed, passed = outcomes(junit)
-        return RunResult(returncode, failed, passed, seen, out.read_text(errors="replace"))
-
-
-def _read_events(path: Path, offset: int, seen: list[dict], on_event) -> int:
-    """Read the complete JSON lines the pytest plugin appended since ``offset``."""
-    try:
-        with path.open("rb") as f:
-            f.seek(offset)
-            chunk = f.read()
-    except FileNotFoundError:
-        return offset
-    end = chunk.rfind(b"\n") + 1
-    for line in chunk[:end].splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        seen.append(event)
-        if on_event:
-            on_event(event)
-    return offset + end
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def effective_target(target: str | None) -> str:
-    return target or os.environ.get("TORCHKATA_TARGET") or "student"
-
-
-def record(root: Path, ex: Exercise, result: RunResult, tests_intact: bool) -> str:
-    """Store the outcome of a run of the learner's code; return the new status."""
-    state = load_state(root)
-    entry = entry_of(state, ex)
-    if result.ok:
-        status = "done" if tests_intact else "edited"
-    else:
-        status = "failing"
-    entry.update(status=status, passed=len(result.passed),
-                 total=len(result.passed) + len(result.failed), failing=sorted(result.failed),
-                 last_run=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    save_state(root, state)
-    return status
 
 
 class FailurePrinter:
@@ -704,95 +380,6 @@ def cmd_manifest(args, root: Path, style: Style) -> int:
     return 0
 
 
-# --- watch mode ---------------------------------------------------------------------------
-
-
-def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    """(mtime, size) of every .py file directly in ``folder``."""
-    result = {}
-    for path in folder.glob("*.py"):
-        try:
-            st = path.stat()
-        except OSError:
-            continue
-        result[path.name] = (st.st_mtime_ns, st.st_size)
-    return result
-
-
-class Watcher:
-    """Waits for a save in one folder: woken by watchdog's file events when they arrive,
-    and checking (mtime, size) every ``interval`` seconds in any case, for file systems
-    (network drives, some containers) whose events never come."""
-
-    WATCHED = {"modified", "created", "moved", "deleted", "closed"}
-
-    def __init__(self, interval: float, use_events: bool) -> None:
-        self.interval = interval
-        self.wake = threading.Event()
-        self.folder: Path | None = None
-        self.before: dict = {}
-        self.observer = None
-        self.use_events = use_events
-        self.events_note = "polling only (--poll)" if not use_events else ""
-
-    def watch(self, folder: Path) -> None:
-        """Watch ``folder`` from now on; what it holds now is the state to compare with."""
-        if folder != self.folder and self.use_events:
-            self._observe(folder)
-        self.folder = folder
-        self.before = snapshot(folder)
-
-    def _observe(self, folder: Path) -> None:
-        try:
-            if self.observer is None:
-                from watchdog.observers import Observer
-
-                self.observer = Observer()
-                self.observer.daemon = True
-                self.observer.start()
-            self.observer.unschedule_all()
-            self.observer.schedule(_Handler(self), str(folder), recursive=False)
-            self.events_note = "file events"
-        except Exception as exc:  # noqa: BLE001 - no inotify, watch limit, no watchdog...
-            self.close()
-            self.use_events = False
-            self.events_note = f"polling every {self.interval:g} s (no file events: {exc})"
-
-    def changed(self) -> list[str]:
-        """Block until a .py file in the folder changes; return the changed file names."""
-        while True:
-            self.wake.wait(self.interval)
-            self.wake.clear()
-            now = snapshot(self.folder)
-            if now != self.before:
-                time.sleep(0.1)  # let the editor finish writing
-                now = snapshot(self.folder)
-                names = {n for n in set(now) | set(self.before) if now.get(n) != self.before.get(n)}
-                self.before = now
-                return sorted(names)
-
-    def close(self) -> None:
-        if self.observer is not None:
-            try:
-                self.observer.stop()
-                self.observer.join(2)
-            except Exception:  # noqa: BLE001,S110 - closing on the way out
-                pass
-            self.observer = None
-
-
-class _Handler:
-    """A watchdog event handler that only wakes the waiting loop (duck-typed dispatch)."""
-
-    def __init__(self, watcher: Watcher) -> None:
-        self.watcher = watcher
-
-    def dispatch(self, event) -> None:
-        names = (str(getattr(event, "src_path", "")), str(getattr(event, "dest_path", "")))
-        if event.event_type in Watcher.WATCHED and any(n.endswith(".py") for n in names):
-            self.watcher.wake.set()
-
-
 def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -834,52 +421,6 @@ def cmd_watch(args, root: Path, style: Style) -> int:
         watcher.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-# --- the pytest side: streaming failures to the runner ---------------------------------------
-
-
-def _emit(event: dict) -> None:
-    path = os.environ.get(ENV_EVENTS)
-    if path:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(event) + "\n")
-
-
-def _failure_message(report) -> str:
-    """The learner-facing message: the test's own text, or the error and where it happened."""
-    crash = getattr(report.longrepr, "reprcrash", None)
-    chain = getattr(report.longrepr, "chain", None)
-    style = getattr(chain[-1][0], "style", None) if chain else None
-    if crash is None:
-        return report.longreprtext
-    if style == "value":  # pytest.fail(..., pytrace=False): the message is the whole story
-        message = crash.message
-        return message[len("Failed: "):] if message.startswith("Failed: ") else message
-    message = "\n".join(line for line in crash.message.splitlines()
-                        if not line.lstrip().startswith("+"))  # pytest's "+  where ..." lines
-    where = crash.path
-    try:
-        where = str(Path(crash.path).resolve().relative_to(Path.cwd()))
-    except ValueError:
-        pass
-    return f"{message}\n  at {where}:{crash.lineno}"
-
-
-def pytest_runtest_logreport(report) -> None:
-    if report.failed:
-        name = report.nodeid.split("::")[-1].split("[", 1)[0]
-        when = "" if report.when == "call" else f" (error in {report.when})"
-        _emit({"test": report.nodeid, "name": name + when, "message": _failure_message(report)})
-
-
-def pytest_collectreport(report) -> None:
-    if report.failed:
-        lines = report.longreprtext.splitlines()
-        errors = [line[4:] for line in lines if line.startswith("E   ")]
-        message = "\n".join(errors[-MAX_MESSAGE_LINES:]) if errors else report.longreprtext
-        name = Path(report.nodeid.split("::")[0]).name or report.nodeid
-        _emit({"test": report.nodeid, "name": f"{name} (does not load)", "message": message})
 
 
 # --- the command line ---------------------------------------------------------------------
