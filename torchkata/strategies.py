@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-batch_sizes = st.integers(min_value=1, max_value=64)
-
 
 @st.composite
 def labelled_predictions(draw, max_classes: int = 10, max_batch: int = 64):
