@@ -20,6 +20,32 @@ def fail(message: str) -> None:
     pytest.fail(message, pytrace=False)
 
 
+def assert_finite(tensor: torch.Tensor, what: str) -> None:
+    """Every entry of ``tensor`` is a finite number (no NaN, no inf).
+
+    Comparisons with NaN are always False, so a check such as ``(a - b).abs() < tol`` passes
+    silently on NaN: call this first on anything the learner's code returns.
+    """
+    __tracebackhide__ = True
+    if not isinstance(tensor, torch.Tensor):
+        fail(f"{what} should be a torch.Tensor, got {type(tensor).__name__}.")
+    if tensor.is_floating_point() or tensor.is_complex():
+        finite = torch.isfinite(tensor.detach())
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            kinds = []
+            if bool(torch.isnan(tensor.detach()).any()):
+                kinds.append("NaN")
+            if bool(torch.isinf(tensor.detach()).any()):
+                kinds.append("inf")
+            fail(
+                f"{what} holds {' and '.join(kinds)} in {bad} of {tensor.numel()} entries. "
+                f"Expected finite numbers: every later step (a loss, an argmax, a comparison) "
+                f"is meaningless on NaN or inf. Look for a log or division of zero, an exp "
+                f"that overflows, or values read before they were written."
+            )
+
+
 def assert_grads_flow(model: nn.Module, loss: torch.Tensor, what: str = "the model") -> None:
     """After ``loss.backward()`` every trainable parameter has a finite, non-zero gradient."""
     __tracebackhide__ = True
@@ -73,6 +99,13 @@ def assert_close_to_oracle(
         )
     a = actual.detach().cpu().double()
     e = expected.detach().cpu().double()
+    surprise = ~torch.isfinite(a) & torch.isfinite(e)
+    if bool(surprise.any()):
+        fail(
+            f"{what}: {int(surprise.sum())} of {a.numel()} entries are NaN or inf where the "
+            f"oracle's are finite numbers. Expected finite values: look for an overflow, a log "
+            f"or division of zero. {why}".strip()
+        )
     if not torch.allclose(a, e, rtol=rtol, atol=atol, equal_nan=True):
         diff = (a - e).abs()
         worst = int(diff.nan_to_num(float("inf")).argmax())
@@ -147,7 +180,43 @@ def call(fn: Callable, *args, what: str, why: str = "", **kwargs):
         where = _learner_frame(exc)
         if where:
             message += f"\n  at {where}"
+        known = explain_error(exc)
+        if known:  # a device or memory error: the caller's hint is about something else
+            why = known
     fail(f"{message}\n{why}".strip())
+
+
+# Errors whose cause is never what a test's own hint describes (shapes, layer sizes...):
+# each gets its own explanation instead.
+_KNOWN_ERRORS = (
+    (("Expected all tensors to be on the same device", "same device"),
+     "The tensors of one operation live on different devices. Expected the code to put "
+     "everything on the `device` it is given (model.to(device), x.to(device)) instead of a "
+     "fixed device such as .cuda() or 'cpu'."),
+    (("Torch not compiled with CUDA enabled", "no NVIDIA driver", "Found no NVIDIA",
+      "CUDA driver", "cuda is not available"),
+     "The code asks for a GPU that this run does not have. Expected it to use the `device` "
+     "it is given instead of calling .cuda() or naming 'cuda' itself: the same code must "
+     "run on a laptop without a GPU."),
+    (("out of memory", "can't allocate memory", "DefaultCPUAllocator"),
+     "The code asked for far more memory than this small test needs. Expected sizes in the "
+     "thousands, not billions: look for a shape built from the wrong numbers (a product of "
+     "sizes, a size squared) or a tensor that grows on every step."),
+    (("meta tensor", "on the meta device", "device='meta'"),
+     "A tensor lives on the 'meta' device, which holds shapes but no values. Expected real "
+     "tensors: look for a torch.set_default_device or device='meta' in the code."),
+)
+
+
+def explain_error(exc: BaseException) -> str:
+    """A short explanation for device and memory errors, or '' for any other error."""
+    text = str(exc)
+    if isinstance(exc, MemoryError):
+        return _KNOWN_ERRORS[2][1]
+    for needles, explanation in _KNOWN_ERRORS:
+        if any(n.lower() in text.lower() for n in needles):
+            return explanation
+    return ""
 
 
 def _first_line(exc: BaseException) -> str:

@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 from types import ModuleType
 
-from torchkata import paths, targets
+from torchkata import globalstate, limits, paths, targets
 
 _cache: dict[tuple[Path, str], ModuleType] = {}
 _failures: dict[tuple[Path, str], str] = {}
@@ -77,20 +77,36 @@ def load(folder: Path, name: str) -> ModuleType:
             sys.modules[n] = _cache[(folder, n)]
     sys.path.insert(0, str(folder))
     importlib.invalidate_caches()
+    saved = globalstate.save()
+    before = globalstate.settings()
     try:
-        module = importlib.import_module(name)
+        with limits.no_process_exit(f"importing {name}.py"):
+            module = importlib.import_module(name)
     except BaseException as exc:  # noqa: B036 - a starter may raise anything, even SystemExit
         if isinstance(exc, KeyboardInterrupt):
             raise
         _failures[key] = _describe_import_error(folder, name, exc)
         raise StarterImportError(_failures[key]) from None
     finally:
-        sys.path.remove(str(folder))
+        changed = globalstate.describe_changes(before, globalstate.settings())
+        globalstate.restore(saved)
+        if str(folder) in sys.path:
+            sys.path.remove(str(folder))
         for n in siblings:
             mod = sys.modules.pop(n, None)
             if mod is not None and Path(getattr(mod, "__file__", "") or "").parent == folder:
                 _cache[(folder, n)] = mod
         sys.modules.update(hidden)
+    if changed:
+        _cache.pop(key, None)
+        _failures[key] = (
+            f"{_short(folder / (name + '.py'))}: importing it changes torch's process-wide "
+            f"{', '.join(changed)}.\n"
+            f"Expected importing a module to change no global setting: a setting made at the "
+            f"top of a file applies to every other module and test in the process. Move it into "
+            f"the function that needs it (or under `if __name__ == \"__main__\":`)."
+        )
+        raise StarterImportError(_failures[key])
     return module
 
 
@@ -120,7 +136,9 @@ class LazyModule:
             raise AttributeError(attr)
         module = self.resolve()
         if hasattr(module, attr):
-            return getattr(module, attr)
+            value = getattr(module, attr)
+            _touch(module, attr, value)
+            return value
         import pytest
 
         pytest.fail(
@@ -131,6 +149,30 @@ class LazyModule:
 
     def __repr__(self) -> str:
         return f"<code under test: {self._exercise_dir.name}/{self._name}.py>"
+
+
+# learner definitions the current test used, for "code under test: file:line" in a failure
+touched: dict[str, str] = {}
+
+
+def _touch(module: ModuleType, attr: str, value) -> None:
+    import inspect
+    import re
+
+    if attr in touched:
+        return
+    file = getattr(module, "__file__", None)
+    if inspect.isfunction(value) and value.__code__.co_filename == file:
+        touched[attr] = f"{_short(Path(file))}:{value.__code__.co_firstlineno} (def {attr})"
+    elif inspect.isclass(value) and value.__module__ == module.__name__ and file:
+        try:
+            text = Path(file).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return
+        found = re.search(rf"^\s*class {re.escape(attr)}\b", text, re.MULTILINE)
+        if found:
+            line = text.count("\n", 0, found.start()) + 1
+            touched[attr] = f"{_short(Path(file))}:{line} (class {attr})"
 
 
 def under_test(name: str, test_file: str | None = None) -> LazyModule:
