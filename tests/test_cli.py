@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from torchkata import cli, paths
+from torchkata import cli, paths, runner, worker
 
 ROOT = paths.repo_root()
 IGNORE = shutil.ignore_patterns("__pycache__", ".pytest_cache", ".hypothesis", "*.pt", "*.png")
@@ -87,6 +87,8 @@ def make_copy(dest: Path) -> Path:
         path = dest / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(textwrap.dedent(text).lstrip("\n"))
+    # the copy's own manifest, so that these tests do not depend on the shipped one
+    (dest / cli.MANIFEST).write_text(cli.format_manifest(cli.compute_manifest(dest)))
     return dest
 
 
@@ -98,7 +100,8 @@ def repo(tmp_path) -> Path:
 def kata_env(fast: bool = True) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("TORCHKATA_TARGET", "TORCHKATA_DEVICE", "PYTEST_ADDOPTS")}
-    env.update(NO_COLOR="1", PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1")
+    env.update(NO_COLOR="1", PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1",
+               TORCHKATA_WORKER="off")  # test_warm_worker_* starts one on purpose
     if fast:
         env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     return env
@@ -139,12 +142,14 @@ def test_root_is_found_from_a_subfolder(repo):
     assert cli.find_root(repo / "exercises" / "98_fake") == repo.resolve()
 
 
-def test_device_and_target_pass_through_to_pytest(tmp_path):
-    ex = cli.pick(cli.exercises(ROOT), "01")
-    cmd = cli.build_pytest_command(ex, ROOT, tmp_path / "j.xml", "cuda", "reference", False)
+def test_device_and_target_pass_through_to_pytest():
+    cmd = runner.pytest_args("exercises/01_mlp", "cuda", "reference", False, ["-k", "shape"])
     assert "--device=cuda" in cmd and "--target=reference" in cmd
-    plain = cli.build_pytest_command(ex, ROOT, tmp_path / "j.xml", None, None, False)
+    assert cmd[-2:] == ["-k", "shape"]
+    plain = runner.pytest_args("exercises/01_mlp", None, None, False)
     assert not any(a.startswith(("--device", "--target")) for a in plain)
+    args = cli.build_parser().parse_args(["run", "1", "-k", "shape", "--runslow"])
+    assert cli.pytest_extra(args) == ["-k", "shape", "--runslow"]
 
 
 # --- list, run ---------------------------------------------------------------------------
@@ -182,11 +187,11 @@ def test_run_shows_the_message_then_marks_done_once_fixed(repo):
     assert result.returncode == 1, result.stdout + result.stderr
     assert "FAIL test_double_is_exact" in result.stdout
     assert "double(2) should be 4" in result.stdout
-    assert "1 of 2 tests pass" in result.stdout and "kata hint 98" in result.stdout
+    assert "1 passed, 1 failed" in result.stdout and "kata hint 98" in result.stdout
     shutil.copy2(repo / "reference/98_fake/calc.py", repo / "exercises/98_fake/calc.py")
     result = kata(repo, "run", "98")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "98_fake passes: 2 of 2 tests" in result.stdout and "Next: 99_broken" in result.stdout
+    assert "98_fake passes: 2 passed" in result.stdout and "Next: 99_broken" in result.stdout
     assert state(repo)["exercises"]["98_fake"]["status"] == "done"
     assert re.search(r"98_fake .*done", kata(repo, "list").stdout)
     solution = kata(repo, "solution", "98")  # done: no confirmation needed
@@ -200,7 +205,7 @@ def test_a_starter_that_does_not_import_gives_one_clear_message(repo):
     assert re.search(r"exercises/99_broken/broken\.py:1: SyntaxError", out), out
     assert out.count("SyntaxError") == 1, "the same failure is shown once"
     assert "same failure as test_value_is_one" in out
-    assert "0 of 2 tests pass" in out and "Traceback" not in out
+    assert "0 passed, 2 failed" in out and "Traceback" not in out
 
 
 def test_edited_tests_do_not_count_as_done(repo):
@@ -350,3 +355,75 @@ def iter_queue(q: queue.Queue):
             yield q.get(timeout=1)
         except queue.Empty:
             return
+
+
+# --- the warm worker, progress marks, integrity ----------------------------------------------
+
+
+@pytest.mark.skipif(not worker.CAN_FORK, reason="the warm worker needs os.fork")
+def test_warm_worker_runs_each_suite_in_a_fresh_child(repo):
+    env = {**kata_env(), "TORCHKATA_WORKER": "on", "TORCHKATA_WORKER_IDLE": "60"}
+    client = worker.Client(repo)
+    try:
+        first = subprocess.run([sys.executable, "-m", "torchkata", "run", "98"], cwd=repo,
+                               env=env, capture_output=True, text=True, timeout=240)
+        assert "starting the warm worker" in first.stdout, first.stdout + first.stderr
+        assert "FAIL test_double_is_exact" in first.stdout and "(warm worker)" in first.stdout
+        assert client.ping(), "the worker should stay up for the next run"
+        # the learner's fix must be seen: nothing of the first run is kept in the worker
+        shutil.copy2(repo / "reference/98_fake/calc.py", repo / "exercises/98_fake/calc.py")
+        second = subprocess.run([sys.executable, "-m", "torchkata", "run", "98"], cwd=repo,
+                                env=env, capture_output=True, text=True, timeout=120)
+        assert "starting the warm worker" not in second.stdout, second.stdout
+        assert "98_fake passes: 2 passed" in second.stdout, second.stdout + second.stderr
+    finally:
+        client.stop()
+    assert not client.ping()
+
+
+def test_a_selection_runs_only_matching_tests_and_is_not_recorded(repo):
+    result = kata(repo, "run", "98", "-k", "keeps_its_name")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout and "FAIL" not in result.stdout
+    assert "98_fake" not in json.loads((repo / ".kata/state.json").read_text()
+                                       if (repo / ".kata/state.json").exists()
+                                       else '{"exercises": {}}')["exercises"]
+
+
+def test_a_done_exercise_broken_later_is_marked_done_before(repo):
+    shutil.copy2(repo / "reference/98_fake/calc.py", repo / "exercises/98_fake/calc.py")
+    assert kata(repo, "run", "98").returncode == 0
+    (repo / "exercises/98_fake/calc.py").write_text("def double(x):\n    return 0\n")
+    assert kata(repo, "run", "98").returncode == 1
+    listing = kata(repo, "list").stdout
+    assert re.search(r"98_fake .*done before; failing on the last run", listing), listing
+    assert "> 98_fake" not in listing, "an exercise done once is not the current one again"
+
+
+def test_a_tampering_conftest_is_caught_by_verify_and_voids_a_pass(repo):
+    (repo / "conftest.py").write_text(textwrap.dedent('''
+        import pytest
+
+        @pytest.hookimpl(wrapper=True)
+        def pytest_runtest_makereport(item, call):
+            report = yield
+            report.outcome = "passed"
+            return report
+        '''))
+    result = kata(repo, "run", "98")
+    assert "differ from the shipped ones" in result.stdout and "conftest.py" in result.stdout
+    assert state(repo)["exercises"]["98_fake"]["status"] != "done"
+    verify = kata(repo, "verify")
+    assert verify.returncode == 1 and "conftest.py" in verify.stdout, verify.stdout
+    (repo / "conftest.py").unlink()
+    (repo / "pyproject.toml").write_text((repo / "pyproject.toml").read_text()
+                                         + "\n# edited\n")
+    edited = kata(repo, "verify")
+    assert edited.returncode == 1 and "pyproject.toml" in edited.stdout, edited.stdout
+
+
+def test_reset_handles_a_file_that_is_not_utf8(repo):
+    (repo / "exercises/98_fake/calc.py").write_bytes(b"def double(x):\n    return x\xff\n")
+    result = kata(repo, "reset", "98")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert (repo / "exercises/98_fake/calc.py").read_text() == FAKE["exercises/98_fake/calc.py"]

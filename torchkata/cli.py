@@ -3,7 +3,8 @@
 ``kata`` (or ``python -m torchkata``) works in any copy of the repository: it walks up from
 the current directory to the folder that holds ``exercises/`` and ``reference/``. Progress
 and backups live in ``.kata/`` there (ignored by git). It never imports torch itself: each
-run is ``python -m pytest exercises/NN_topic`` in a subprocess (see ``torchkata.runner``).
+run is ``pytest exercises/NN_topic`` in a child of the warm worker, or in a subprocess where
+there is none (see ``torchkata.runner`` and ``torchkata.worker``).
 This module holds the command line: its parser, its output and one function per command.
 """
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from torchkata.manifest import (
     MANIFEST,
     compute_manifest,
+    display,
     format_manifest,
     read_manifest,
     suite_files,
@@ -33,6 +35,7 @@ from torchkata.progress import (
     entry_of,
     exercises,
     find_root,
+    finished,
     load_state,
     next_after,
     pick,
@@ -41,14 +44,11 @@ from torchkata.progress import (
     save_state,
     status_of,
 )
-from torchkata.runner import (  # build_pytest_command: for tests/test_cli.py
-    MAX_MESSAGE_LINES,
-    RunResult,
-    build_pytest_command,  # noqa: F401
-    effective_target,
-    run_suite,
-)
+from torchkata.runner import LIMIT_SECONDS, RunResult, effective_target, run_suite
 from torchkata.watch import Watcher
+from torchkata.worker import Client
+
+MAX_MESSAGE_LINES = 15
 
 # --- output -----------------------------------------------------------------------------
 
@@ -79,14 +79,44 @@ def wrap(text: str, indent: str = "  ") -> str:
     return textwrap.fill(text, width=92, initial_indent=indent, subsequent_indent=indent)
 
 
-class FailurePrinter:
-    """Prints each failing property and its message as it arrives; a repeated message once."""
+class EventPrinter:
+    """Prints each failing property as it arrives (a repeated message once), one line for
+    each test not checked, and, on a terminal, a live line naming the test that runs."""
 
-    def __init__(self, style: Style) -> None:
+    def __init__(self, style: Style, live: bool | None = None) -> None:
         self.style = style
         self.messages: dict[str, str] = {}
+        self.live = sys.stdout.isatty() if live is None else live
+        self.status = ""
 
     def __call__(self, event: dict) -> None:
+        if event.get("event") == "start":
+            self._status(f"   running {event.get('test', '').split('::')[-1]} ...")
+            return
+        outcome = event.get("outcome")
+        if outcome == "failed":
+            self.done()
+            self._failure(event)
+        elif outcome == "not checked":
+            self.done()
+            say(self.style(f"  -  {event.get('name', '?')}: {event.get('message', '')}", "dim"))
+
+    def _status(self, text: str) -> None:
+        if self.live:
+            text = text[:100]
+            pad = " " * max(0, len(self.status) - len(text))
+            sys.stdout.write("\r" + self.style(text, "dim") + pad)
+            sys.stdout.flush()
+            self.status = text
+
+    def done(self) -> None:
+        """Clear the live line."""
+        if self.live and self.status:
+            sys.stdout.write("\r" + " " * len(self.status) + "\r")
+            sys.stdout.flush()
+            self.status = ""
+
+    def _failure(self, event: dict) -> None:
         name, message = event.get("name", "?"), event.get("message", "").rstrip()
         label = self.style("FAIL", "red", "bold")
         if message in self.messages:
@@ -102,47 +132,103 @@ class FailurePrinter:
             say(self.style(f"     ... {more} more lines: add -v for pytest's full output", "dim"))
 
 
+def pytest_extra(args) -> list[str]:
+    """The pytest options ``kata run`` and ``kata watch`` pass through."""
+    extra = []
+    if getattr(args, "k", None):
+        extra += ["-k", args.k]
+    if getattr(args, "runslow", False):
+        extra.append("--runslow")
+    if getattr(args, "threads", None):
+        extra.append(f"--threads={args.threads}")
+    return extra
+
+
 def run_and_report(root: Path, ex: Exercise, style: Style, device: str | None = None,
-                   target: str | None = None, verbose: bool = False) -> RunResult:
-    """One run with its concise report and, for the learner's code, the progress update."""
+                   target: str | None = None, verbose: bool = False, extra: list[str] = (),
+                   limit: float = LIMIT_SECONDS) -> RunResult:
+    """One run with its concise report and, for the learner's code, the progress update.
+
+    A run with a ``-k`` selection is reported but not recorded: it is not the whole suite.
+    """
     student = effective_target(target) == "student"
     title = f": {ex.title}" if ex.title else ""
     say(style(f"== {ex.name}{title}", "bold"))
     shown = "" if student else f" (target: {effective_target(target)})"
     say(style(f"   running pytest {rel(root, ex.folder)}{shown} ...", "dim"))
-    result = run_suite(root, ex, device, target, verbose,
-                       on_event=None if verbose else FailurePrinter(style))
+    printer = EventPrinter(style)
+
+    def warming() -> None:
+        say(style("   starting the warm worker: it imports torch once, so that later runs "
+                  "start at once ...", "dim"))
+
+    try:
+        result = run_suite(root, ex.folder, device, target, verbose,
+                           on_event=None if verbose else printer, extra=list(extra),
+                           limit=limit, on_warmup=warming)
+    finally:
+        printer.done()
     problems = {}
     manifest = read_manifest(root)
     if manifest is not None:
         problems = {f: p for f, p in suite_problems(root, manifest, [ex.name]).items()
-                    if p != "not in the manifest"}
-    if student and result.returncode in (0, 1):
-        record(root, ex, result, tests_intact=not problems)
-    summarise(root, ex, result, style, problems, verbose)
+                    if p != "not in the manifest" or f.endswith("conftest.py")}
+    if student and result.returncode in (0, 1) and "-k" not in extra:
+        unchecked = result.having("not checked")
+        passed = len(result.passed)
+        record(root, ex, result.ok and not unchecked, passed,
+               passed + len(result.failed) + len(unchecked), result.failed + unchecked,
+               tests_intact=not problems)
+    summarise(root, ex, result, style, problems, verbose, limit)
     return result
 
 
 def summarise(root: Path, ex: Exercise, result: RunResult, style: Style,
-              problems: dict[str, str], verbose: bool) -> None:
-    total = len(result.passed) + len(result.failed)
+              problems: dict[str, str], verbose: bool, limit: float = LIMIT_SECONDS) -> None:
+    if result.timed_out:
+        running = result.last_started.split("::")[-1] or "the suite"
+        say(style(f"kata stopped the run after {limit:g} s: {running} was still running. "
+                  f"Each test has its own time budget, so something outside a test hung "
+                  f"(collection, or code run at import).", "red"))
+        return
     if result.returncode not in (0, 1):
         if not verbose and not result.events:
             say("\n".join(result.output.strip().splitlines()[-30:]))
+        where = ""
+        if result.last_started and result.last_started not in result.outcomes:
+            where = f" while {result.last_started.split('::')[-1]} was running"
         more = "" if verbose else f" Full output: kata run {ex.short} -v"
-        say(style(f"pytest exited {result.returncode}: the tests of {ex.name} did not run "
-                  f"through.", "red") + more)
+        say(style(f"pytest exited {result.returncode}{where}: the tests of {ex.name} did not "
+                  f"run through.", "red") + more)
         return
     if problems:
-        files = ", ".join(f"exercises/{f} ({p})" for f, p in problems.items())
-        say(style(f"Warning: test files differ from the shipped ones: {files}. "
-                  f"A pass does not count until they are restored (kata verify).", "yellow"))
-    if result.ok:
-        say(style(f"ok {ex.name} passes: {total} of {total} tests.", "green", "bold"))
+        files = ", ".join(f"{display(f)} ({p})" for f, p in problems.items())
+        say(style(f"Warning: files that decide what the tests conclude differ from the "
+                  f"shipped ones: {files}. A pass does not count until they are restored "
+                  f"(kata verify).", "yellow"))
+    unchecked, skipped = result.having("not checked"), result.having("skipped")
+    counts = [f"{len(result.passed)} passed"]
+    if result.failed:
+        counts.append(f"{len(result.failed)} failed")
+    if unchecked:
+        counts.append(f"{len(unchecked)} not checked")
+    if skipped:
+        counts.append(f"{len(skipped)} skipped")
+    reasons = {e.get("message", "") for e in result.events if e.get("outcome") == "skipped"}
+    for reason in sorted(reasons):
+        if reason.startswith("slow"):
+            say(style(f"   skipped slow tests: `kata run {ex.short} --runslow` runs them too",
+                      "dim"))
+        elif reason:
+            say(style(f"   skipped: {reason}", "dim"))
+    warm = " (warm worker)" if result.warm else ""
+    if result.ok and not unchecked:
+        say(style(f"ok {ex.name} passes: {', '.join(counts)}.", "green", "bold")
+            + style(warm, "dim"))
         return
-    say(style(f"{ex.name}: {len(result.passed)} of {total} tests pass.", "bold")
+    say(style(f"{ex.name}: {', '.join(counts)}.", "bold")
         + f" Fix the first failure first. Stuck? kata hint {ex.short}"
-        + ("" if verbose else f"   Full output: kata run {ex.short} -v"))
+        + ("" if verbose else f"   Full output: kata run {ex.short} -v") + style(warm, "dim"))
 
 
 # --- commands -----------------------------------------------------------------------------
@@ -151,7 +237,7 @@ def summarise(root: Path, ex: Exercise, result: RunResult, style: Style,
 def cmd_list(args, root: Path, style: Style) -> int:
     all_exercises = exercises(root)
     state = load_state(root)
-    done = sum(status_of(state, ex) == "done" for ex in all_exercises)
+    done = sum(finished(state, ex) for ex in all_exercises)
     total = len(all_exercises)
     width = 40
     filled = round(width * done / total)
@@ -187,6 +273,8 @@ def describe(state: dict, ex: Exercise, style: Style) -> str:
     if status == "failing":
         passed, total = entry.get("passed", 0), entry.get("total", 0)
         counts = f": {passed} of {total} tests pass" if total else ""
+        if entry.get("done_once"):
+            return style(f"done before; failing on the last run{counts}", "yellow")
         return style(f"failing{counts}", "red")
     return style("not started", "dim")
 
@@ -203,7 +291,8 @@ def cmd_run(args, root: Path, style: Style) -> int:
     if ex is None:
         say(style("Every exercise passes. `kata run N` runs one again.", "green"))
         return 0
-    result = run_and_report(root, ex, style, args.device, args.target, args.verbose)
+    result = run_and_report(root, ex, style, args.device, args.target, args.verbose,
+                            pytest_extra(args), args.limit)
     if result.ok and is_done(root, ex, args.target):
         say_next(root, ex, style)
     return 0 if result.ok else result.returncode or 1
@@ -286,7 +375,7 @@ def cmd_reset(args, root: Path, style: Style) -> int:
     starter = starter_texts(ex)
     mine = catalog.code_files(ex.folder)
     changed = sorted(name for name in starter if name not in mine
-                     or (ex.folder / name).read_text(encoding="utf-8") != starter[name])
+                     or (ex.folder / name).read_bytes() != starter[name].encode("utf-8"))
     state = load_state(root)
     entry = entry_of(state, ex)
     for key in ("status", "passed", "total", "failing", "last_run"):
@@ -348,7 +437,7 @@ def cmd_solution(args, root: Path, style: Style) -> int:
 def _lines(path: Path) -> list[str]:
     if not path.is_file():
         return []
-    return path.read_text(encoding="utf-8").splitlines(keepends=True)
+    return path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
 
 
 def cmd_verify(args, root: Path, style: Style) -> int:
@@ -364,13 +453,32 @@ def cmd_verify(args, root: Path, style: Style) -> int:
         say(style(f"ok: all {len(checked)} test files are the shipped ones.", "green"))
         return 0
     for f, problem in problems.items():
-        say(style(f"{problem:>20}: exercises/{f}", "red"))
+        say(style(f"{problem:>20}: {display(f)}", "red"))
     say("A green run means what it says only with the shipped tests. Restore these files "
         "(git checkout -- <file>, or take them from a fresh copy of the repository).")
     if any(p == "not in the manifest" for p in problems.values()):
         say(style("Maintainers: after changing tests on purpose, regenerate the manifest with "
                   "`python -m torchkata manifest`.", "dim"))
     return 1
+
+
+def cmd_worker(args, root: Path, style: Style) -> int:
+    client = Client(root)
+    if not Client.enabled():
+        say("The warm worker is off here (no os.fork, or TORCHKATA_WORKER=off): each run "
+            "starts a fresh pytest.")
+        return 0
+    if args.action == "stop":
+        say("kata: the warm worker stopped." if client.stop() else "kata: no worker was running.")
+    elif args.action == "start":
+        started = client.start()
+        say("kata: the warm worker is ready." if started else "kata: the worker did not start; "
+            f"see {rel(root, root / STATE_DIR / 'worker.log')}")
+        return 0 if started else 1
+    else:
+        say("kata: the warm worker is running." if client.ping() else
+            "kata: no warm worker is running; `kata run` starts one.")
+    return 0
 
 
 def cmd_manifest(args, root: Path, style: Style) -> int:
@@ -394,10 +502,15 @@ def cmd_watch(args, root: Path, style: Style) -> int:
     previous = {sig: signal.signal(sig, handler) for sig, handler in
                 ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, _raise_interrupt))}
     watcher = Watcher(args.interval, use_events=not args.poll)
+    if Client.enabled() and not Client(root).ping():
+        say(style("starting the warm worker: it imports torch once, so that every run after "
+                  "a save starts at once ...", "dim"))
+        Client(root).start()
     try:
         while True:
             watcher.watch(ex.folder)
-            result = run_and_report(root, ex, style, args.device, args.target)
+            result = run_and_report(root, ex, style, args.device, args.target,
+                                    extra=pytest_extra(args), limit=args.limit)
             if result.ok and is_done(root, ex, args.target):
                 nxt = next_after(exercises(root), load_state(root), ex)
                 if nxt is None:
@@ -426,6 +539,16 @@ def cmd_watch(args, root: Path, style: Style) -> int:
 # --- the command line ---------------------------------------------------------------------
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kata",
@@ -449,6 +572,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where models run (pytest --device)")
         p.add_argument("--target", help="code under test: student (default), reference or "
                                         "a PATH (pytest --target); only student runs count")
+        p.add_argument("-k", metavar="EXPR",
+                       help="only the tests that match EXPR (pytest -k); such a run does not "
+                            "count as the exercise's verdict")
+        p.add_argument("--runslow", action="store_true", help="also run tests marked slow")
+        p.add_argument("--threads", type=positive_int, metavar="N",
+                       help="torch's intra-op threads for the tests (default: 1)")
+        p.add_argument("--limit", type=positive_int, default=LIMIT_SECONDS, metavar="SECONDS",
+                       help=f"stop a run after this long (default: {LIMIT_SECONDS})")
 
     command("list", "the curriculum and your progress (the default)", exercise="none")
     run = command("run", "run one exercise's tests with a concise report")
@@ -465,7 +596,12 @@ def build_parser() -> argparse.ArgumentParser:
     solution = command("solution", "the diff between your code and the reference", "required")
     solution.add_argument("--yes", action="store_true",
                           help="do not ask for confirmation (for scripts)")
-    command("verify", "check that the test files are the shipped ones")
+    command("verify", "check that the test files, the harness and pytest's settings are the "
+                      "shipped ones")
+    worker = command("worker", "the warm worker that runs the tests (started by run and watch)",
+                     exercise="none")
+    worker.add_argument("action", nargs="?", choices=("status", "start", "stop"),
+                        default="status")
     command("manifest", "(maintainers) rewrite exercises/MANIFEST.sha256 from the test files",
             exercise="none")
     return parser
@@ -474,7 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {
     "list": cmd_list, "run": cmd_run, "watch": cmd_watch, "hint": cmd_hint,
     "reset": cmd_reset, "solution": cmd_solution, "verify": cmd_verify,
-    "manifest": cmd_manifest,
+    "manifest": cmd_manifest, "worker": cmd_worker,
 }
 
 

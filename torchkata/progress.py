@@ -12,12 +12,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from torchkata import paths
-
-if TYPE_CHECKING:
-    from torchkata.runner import RunResult
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -155,6 +151,8 @@ def clean_entry(entry: dict) -> dict:
     failing = entry.get("failing")
     if isinstance(failing, list) and all(isinstance(t, str) for t in failing):
         clean["failing"] = failing
+    if entry.get("done_once") is True:
+        clean["done_once"] = True
     if isinstance(entry.get("last_run"), str):
         clean["last_run"] = entry["last_run"]
     return clean
@@ -179,34 +177,42 @@ def status_of(state: dict, ex: Exercise) -> str:
     return state["exercises"].get(ex.name, {}).get("status", "not started")
 
 
+def finished(state: dict, ex: Exercise) -> bool:
+    """Done now, or done once (a later experiment that breaks it does not undo that)."""
+    entry = state["exercises"].get(ex.name, {})
+    return entry.get("status") == "done" or entry.get("done_once") is True
+
+
 def current(all_exercises: list[Exercise], state: dict) -> Exercise | None:
-    """The first exercise, in curriculum order, that is not done."""
+    """The first exercise, in curriculum order, that was never done."""
     for ex in all_exercises:
-        if status_of(state, ex) != "done":
+        if not finished(state, ex):
             return ex
     return None
 
 
 def next_after(all_exercises: list[Exercise], state: dict, ex: Exercise) -> Exercise | None:
-    """The next exercise that is not done: after ``ex`` first, then from the start."""
+    """The next exercise never done: after ``ex`` first, then from the start."""
     later = [e for e in all_exercises if e.name > ex.name]
     earlier = [e for e in all_exercises if e.name < ex.name]
     for e in later + earlier:
-        if status_of(state, e) != "done":
+        if not finished(state, e):
             return e
     return None
 
 
-def record(root: Path, ex: Exercise, result: RunResult, tests_intact: bool) -> str:
+def record(root: Path, ex: Exercise, ok: bool, passed: int, total: int, failing: list[str],
+           tests_intact: bool) -> str:
     """Store the outcome of a run of the learner's code; return the new status."""
     state = load_state(root)
     entry = entry_of(state, ex)
-    if result.ok:
+    if ok:
         status = "done" if tests_intact else "edited"
     else:
         status = "failing"
-    entry.update(status=status, passed=len(result.passed),
-                 total=len(result.passed) + len(result.failed), failing=sorted(result.failed),
+    if status == "done":
+        entry["done_once"] = True
+    entry.update(status=status, passed=passed, total=total, failing=sorted(failing),
                  last_run=time.strftime("%Y-%m-%dT%H:%M:%S"))
     save_state(root, state)
     return status

@@ -1,84 +1,146 @@
-"""Running an exercise's suite: ``python -m pytest exercises/NN_topic`` in a subprocess.
+"""Running one exercise's suite for ``kata``: in the warm worker when it can, else cold.
 
-The JUnit XML of that pytest gives the outcome, while this module, loaded into it as a
-plugin (``-p torchkata.runner``), streams each failure as it happens so that the first one
-shows at once. It never imports torch itself.
+``run_suite`` asks the resident worker (``torchkata.worker``) to fork a child that runs
+``pytest exercises/NN_topic``; where there is no worker (Windows, ``TORCHKATA_WORKER=off``)
+it starts ``python -m pytest`` in a subprocess. Either way the pytest side streams events
+(``torchkata.events``): the runner hands each one to ``on_event`` as it arrives, so the first
+failure shows at once, and builds its counts from them. The run has an overall limit.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from torchkata.progress import Exercise, rel
+from torchkata import worker
+from torchkata.events import ENV_EVENTS
 
-ENV_EVENTS = "TORCHKATA_KATA_EVENTS"
-MAX_MESSAGE_LINES = 15
+LIMIT_SECONDS = 600  # a whole run; each test also has its own budget (torchkata.plugin)
 
 
 @dataclass
 class RunResult:
     returncode: int
-    failed: set[str]
-    passed: set[str]
-    events: list[dict]
-    output: str
+    outcomes: dict[str, str] = field(default_factory=dict)  # nodeid -> outcome
+    events: list[dict] = field(default_factory=list)
+    output: str = ""
+    warm: bool = False
+    timed_out: bool = False
+    last_started: str = ""
+
+    def having(self, outcome: str) -> list[str]:
+        return [t for t, o in self.outcomes.items() if o == outcome]
+
+    @property
+    def passed(self) -> list[str]:
+        return self.having("passed")
+
+    @property
+    def failed(self) -> list[str]:
+        return self.having("failed")
 
     @property
     def ok(self) -> bool:
         return self.returncode == 0 and bool(self.passed) and not self.failed
 
 
-def build_pytest_command(ex: Exercise, root: Path, junit: Path, device: str | None,
-                         target: str | None, verbose: bool) -> list[str]:
-    """``python -m pytest exercises/NN_topic ...``, run with the repository as cwd."""
-    cmd = [sys.executable, "-m", "pytest", rel(root, ex.folder), "-p", "no:cacheprovider",
-           f"--junitxml={junit}", "-o", "junit_family=xunit2"]
+def pytest_args(folder: str, device: str | None, target: str | None, verbose: bool,
+                extra: list[str] = ()) -> list[str]:
+    """Arguments of ``pytest exercises/NN_topic ...``, run with the repository as cwd."""
+    args = [folder, "-p", "no:cacheprovider", "-p", "torchkata.events"]
     if device:
-        cmd.append(f"--device={device}")
+        args.append(f"--device={device}")
     if target:
-        cmd.append(f"--target={target}")
-    cmd += ["-v"] if verbose else ["-p", "torchkata.runner", "-q", "--no-header"]
-    return cmd
+        args.append(f"--target={target}")
+    args += ["-v"] if verbose else ["-q", "--no-header", "-rN"]
+    return args + list(extra)
 
 
-def run_suite(root: Path, ex: Exercise, device: str | None = None, target: str | None = None,
-              verbose: bool = False, on_event=None) -> RunResult:
-    """Run the exercise's suite in a subprocess; call ``on_event`` for each failure at once."""
-    from torchkata.selfcheck import outcomes
-
+def run_suite(root: Path, folder: Path, device: str | None = None, target: str | None = None,
+              verbose: bool = False, on_event=None, extra: list[str] = (),
+              limit: float = LIMIT_SECONDS, use_worker: bool | None = None,
+              on_warmup=None) -> RunResult:
+    """Run the suite of the exercise in ``folder``; call ``on_event`` for each event."""
+    rel = os.path.relpath(folder, root)
+    args = pytest_args(rel, device, target, verbose, extra)
+    if use_worker is None:
+        use_worker = worker.Client.enabled()
     with tempfile.TemporaryDirectory(prefix="kata-") as tmp:
-        junit, events, out = Path(tmp) / "junit.xml", Path(tmp) / "events.jsonl", Path(tmp) / "out"
-        cmd = build_pytest_command(ex, root, junit, device, target, verbose)
+        events, out = Path(tmp) / "events.jsonl", Path(tmp) / "out"
         env = {**os.environ, ENV_EVENTS: str(events)}
-        seen: list[dict] = []
-        with out.open("w") as sink:
-            proc = subprocess.Popen(cmd, cwd=root, env=env, stdin=subprocess.DEVNULL,
-                                    stdout=None if verbose else sink,
-                                    stderr=None if verbose else subprocess.STDOUT)
-            try:
-                offset = 0
-                while True:
-                    returncode = proc.poll()
-                    offset = _read_events(events, offset, seen, on_event)
-                    if returncode is not None:
-                        break
-                    time.sleep(0.05)
-            except BaseException:
-                _stop(proc)
-                raise
-        failed, passed = outcomes(junit)
-        return RunResult(returncode, failed, passed, seen, out.read_text(errors="replace"))
+        run, warm = None, False
+        if use_worker:
+            client = worker.Client(root)
+            if not client.ping() and on_warmup:
+                on_warmup()
+            if client.start():
+                run = client.submit(args, out, env, worker.modules_of(folder), limit + 30)
+                warm = run is not None
+        proc = None
+        if run is None:
+            proc = subprocess.Popen([sys.executable, "-m", "pytest", *args], cwd=root, env=env,
+                                    stdin=subprocess.DEVNULL, stdout=out.open("w"),
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        result = RunResult(returncode=0, warm=warm)
+        deadline = time.monotonic() + limit
+        offset, shown = 0, 0
+        try:
+            while True:
+                code = run.poll() if run is not None else proc.poll()
+                offset = _read_events(events, offset, result, on_event)
+                if verbose:
+                    shown = _echo(out, shown)
+                if code is not None:
+                    break
+                if time.monotonic() > deadline:
+                    _kill(run, proc)
+                    result.timed_out = True
+                    code = 124
+                    break
+                time.sleep(0.02)
+        except BaseException:
+            _kill(run, proc)
+            raise
+        offset = _read_events(events, offset, result, on_event)
+        if verbose:
+            _echo(out, shown)
+        result.returncode = code
+        result.output = out.read_text(errors="replace") if out.exists() else ""
+        return result
 
 
-def _read_events(path: Path, offset: int, seen: list[dict], on_event) -> int:
-    """Read the complete JSON lines the pytest plugin appended since ``offset``."""
+def _kill(run, proc) -> None:
+    if run is not None:
+        run.kill()
+    if proc is not None and proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (OSError, AttributeError):
+            proc.kill()
+        proc.wait()
+
+
+def _echo(out: Path, shown: int) -> int:
+    try:
+        with out.open("rb") as f:
+            f.seek(shown)
+            chunk = f.read()
+    except FileNotFoundError:
+        return shown
+    sys.stdout.write(chunk.decode(errors="replace"))
+    sys.stdout.flush()
+    return shown + len(chunk)
+
+
+def _read_events(path: Path, offset: int, result: RunResult, on_event) -> int:
+    """Read the complete JSON lines the pytest side appended since ``offset``."""
     try:
         with path.open("rb") as f:
             f.seek(offset)
@@ -91,67 +153,17 @@ def _read_events(path: Path, offset: int, seen: list[dict], on_event) -> int:
             event = json.loads(line)
         except ValueError:
             continue
-        seen.append(event)
+        result.events.append(event)
+        if event.get("event") == "start":
+            result.last_started = event.get("test", "")
+        elif event.get("event") == "result":
+            test = event.get("test", "")
+            if result.outcomes.get(test) != "failed":
+                result.outcomes[test] = event.get("outcome", "failed")
         if on_event:
             on_event(event)
     return offset + end
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def effective_target(target: str | None) -> str:
     return target or os.environ.get("TORCHKATA_TARGET") or "student"
-
-
-# --- the pytest side: streaming failures to the runner ---------------------------------------
-
-
-def _emit(event: dict) -> None:
-    path = os.environ.get(ENV_EVENTS)
-    if path:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(event) + "\n")
-
-
-def _failure_message(report) -> str:
-    """The learner-facing message: the test's own text, or the error and where it happened."""
-    crash = getattr(report.longrepr, "reprcrash", None)
-    chain = getattr(report.longrepr, "chain", None)
-    style = getattr(chain[-1][0], "style", None) if chain else None
-    if crash is None:
-        return report.longreprtext
-    if style == "value":  # pytest.fail(..., pytrace=False): the message is the whole story
-        message = crash.message
-        return message[len("Failed: "):] if message.startswith("Failed: ") else message
-    message = "\n".join(line for line in crash.message.splitlines()
-                        if not line.lstrip().startswith("+"))  # pytest's "+  where ..." lines
-    where = crash.path
-    try:
-        where = str(Path(crash.path).resolve().relative_to(Path.cwd()))
-    except ValueError:
-        pass
-    return f"{message}\n  at {where}:{crash.lineno}"
-
-
-def pytest_runtest_logreport(report) -> None:
-    if report.failed:
-        name = report.nodeid.split("::")[-1].split("[", 1)[0]
-        when = "" if report.when == "call" else f" (error in {report.when})"
-        _emit({"test": report.nodeid, "name": name + when, "message": _failure_message(report)})
-
-
-def pytest_collectreport(report) -> None:
-    if report.failed:
-        lines = report.longreprtext.splitlines()
-        errors = [line[4:] for line in lines if line.startswith("E   ")]
-        message = "\n".join(errors[-MAX_MESSAGE_LINES:]) if errors else report.longreprtext
-        name = Path(report.nodeid.split("::")[0]).name or report.nodeid
-        _emit({"test": report.nodeid, "name": f"{name} (does not load)", "message": message})

@@ -10,7 +10,6 @@ runs no tensor code before forking, so no thread pool is copied into the childre
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import subprocess
@@ -20,6 +19,8 @@ import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from torchkata import worker
 
 
 @dataclass
@@ -46,7 +47,8 @@ class SuiteRun:
 def pytest_args(exercise_dir: Path, job: Job, device: str, junit: Path) -> list[str]:
     tests = sorted({str(exercise_dir / t) for t in job.tests}) or [str(exercise_dir)]
     args = [*tests, f"--target={job.target}", f"--device={device}", "-p", "no:cacheprovider",
-            "-q", "--tb=line", "--no-header", f"--junitxml={junit}", "-o", "junit_family=xunit2"]
+            "-q", "--tb=line", "--no-header", f"--junitxml={junit}", "-o", "junit_family=xunit2",
+            "--budget-scale=3"]  # mutants run side by side, and a mutant may be slow
     if job.stop_at_first_failure:
         args.append("-x")
     return args
@@ -76,15 +78,8 @@ def run_jobs(exercise_dir: Path, jobs: list[Job], device: str = "cpu",
 
 
 def preload_modules(exercise_dir: Path) -> list[str]:
-    """The modules an exercise's test files import (not the code under test)."""
-    names = {"pytest", "torch", "hypothesis"}
-    for path in exercise_dir.glob("test_*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                names.update(a.name for a in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names.add(node.module)
-    return sorted(names)
+    """What the worker imports before forking: the usual set and the exercise's imports."""
+    return [*worker.BASE_MODULES, *worker.modules_of(exercise_dir)]
 
 
 def outcomes(junit: Path) -> tuple[set[str], set[str]]:
@@ -103,36 +98,9 @@ def outcomes(junit: Path) -> tuple[set[str], set[str]]:
     return failed, passed - failed
 
 
-def _start(args: list[str], out: Path, threads: int) -> int:
-    """Fork a child that runs pytest with ``args``, its output going to ``out``."""
-    pid = os.fork()
-    if pid == 0:  # the child: run pytest, then leave at once without the parent's cleanup
-        code = 70
-        try:
-            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
-            import pytest
-            import torch
-
-            torch.set_num_threads(threads)
-            code = int(pytest.main(args))
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    return pid
-
-
 def _worker(spec_path: str) -> None:
-    import importlib
-
     spec = json.loads(Path(spec_path).read_text())
-    for name in spec["preload"]:
-        try:
-            importlib.import_module(name)
-        except Exception:  # noqa: BLE001,S112 - a child will report it properly
-            continue
+    worker.preload(spec["preload"])
     exercise_dir = Path(spec["exercise"])
     tmp = Path(spec["tmp"])
     jobs = [Job(**raw) for raw in spec["jobs"]]
@@ -146,7 +114,7 @@ def _worker(spec_path: str) -> None:
         while pending and len(running) < parallel:
             i = pending.pop(0)
             args = pytest_args(exercise_dir, jobs[i], spec["device"], tmp / f"{i}.xml")
-            pid = _start(args, tmp / f"{i}.out", threads)
+            pid = worker.fork_pytest(args, tmp / f"{i}.out", threads=threads)
             running[pid] = (i, time.monotonic() + spec["timeout"])
         for pid, (i, deadline) in list(running.items()):
             done, status = os.waitpid(pid, os.WNOHANG)
@@ -154,7 +122,7 @@ def _worker(spec_path: str) -> None:
                 codes[i] = os.waitstatus_to_exitcode(status)
                 del running[pid]
             elif time.monotonic() > deadline:
-                os.kill(pid, 9)
+                worker.kill_group(pid)
                 os.waitpid(pid, 0)
                 with (tmp / f"{i}.out").open("a") as f:
                     f.write(f"\nkilled after {spec['timeout']:.0f} s\n")
