@@ -154,3 +154,106 @@ def test_each_test_starts_seeded_and_leaves_globals_restored(pytester):
             assert torch.equal(torch.rand(3), first[0])  # seeded the same way again
     ''')
     pytester.runpytest().assert_outcomes(passed=2)
+
+
+# --- order, dependencies, threads, settings ----------------------------------------------
+
+TEST_DEPS = '''
+import pytest
+from torchkata import under_test
+
+main = under_test("main")
+ran = []
+
+@pytest.mark.trains
+def test_trains_last():
+    assert {"cheap", "root"} <= set(ran), f"cheap tests run first, got {ran}"
+
+@pytest.mark.requires("test_root_value_is_fixed")
+def test_dependent_would_blame_the_wrong_thing():
+    ran.append("dependent")
+    assert False, "a misleading diagnosis"
+
+def test_root_value_is_fixed():
+    ran.append("root")
+    assert main.value() == "fixed", "the root cause"
+
+def test_cheap():
+    ran.append("cheap")
+'''
+
+
+def test_a_dependent_of_a_failing_root_reports_the_dependency_not_its_diagnosis(mini):
+    write(mini.path, {"exercises/01_demo/test_deps.py": TEST_DEPS})
+    result = mini.runpytest("exercises/01_demo/test_deps.py", "-rs", "-v")
+    result.assert_outcomes(passed=2, failed=1, skipped=1)
+    out = result.stdout.str()
+    assert "not checked: depends on test_root_value_is_fixed, which fails" in out
+    assert "a misleading diagnosis" not in out
+    order = [line.split("::")[1].split()[0] for line in result.stdout.lines
+             if "test_deps.py::" in line and ("PASSED" in line or "FAILED" in line
+                                              or "SKIPPED" in line)]
+    assert order.index("test_root_value_is_fixed") < order.index(
+        "test_dependent_would_blame_the_wrong_thing"), order
+    assert order[-1] == "test_trains_last", order
+
+
+def test_a_dependent_of_a_passing_root_runs(mini):
+    write(mini.path, {"exercises/01_demo/test_deps.py": TEST_DEPS})
+    result = mini.runpytest("exercises/01_demo/test_deps.py", "--target=reference")
+    result.assert_outcomes(passed=3, failed=1)  # the dependent's own assertion speaks now
+    assert "a misleading diagnosis" in result.stdout.str()
+
+
+def test_requires_must_name_a_test_of_the_same_file(mini):
+    write(mini.path, {"exercises/01_demo/test_typo.py": '''
+        import pytest
+
+        @pytest.mark.requires("test_does_not_exist")
+        def test_x():
+            pass
+    '''})
+    result = mini.runpytest("exercises/01_demo/test_typo.py")
+    assert result.ret != 0
+    assert "names 'test_does_not_exist', which is not a test" in result.stderr.str() + \
+        result.stdout.str()
+
+
+def test_threads_option_sets_torchs_thread_count(pytester):
+    pytester.makeini(INI)
+    pytester.makepyfile(test_threads='''
+        import os
+        import torch
+
+        def test_threads():
+            assert torch.get_num_threads() == 2
+            assert os.environ["OMP_NUM_THREADS"] == "2"
+    ''')
+    pytester.runpytest("--threads=2").assert_outcomes(passed=1)
+
+
+def test_every_process_wide_torch_setting_is_restored(pytester):
+    pytester.makeini(INI)
+    pytester.makepyfile(test_settings='''
+        import os
+        import warnings
+        import torch
+
+        def test_changes_everything():
+            torch.set_default_device("meta")
+            torch.set_anomaly_enabled(True)
+            torch.set_float32_matmul_precision("medium")
+            torch.use_deterministic_algorithms(True)
+            torch.set_num_threads(1 + torch.get_num_threads())
+            warnings.simplefilter("error")
+            os.environ["KATA_LEAK"] = "1"
+
+        def test_sees_the_defaults():
+            assert torch.empty(1).device.type == "cpu"
+            assert not torch.is_anomaly_enabled()
+            assert torch.get_float32_matmul_precision() == "highest"
+            assert not torch.are_deterministic_algorithms_enabled()
+            assert "KATA_LEAK" not in os.environ
+            warnings.warn("only a warning")
+    ''')
+    pytester.runpytest().assert_outcomes(passed=2)

@@ -37,6 +37,14 @@ MAX_CAPTURE = 4000  # characters of captured output kept per section of a report
 NOT_CHECKED = "not checked: "
 
 
+MARKERS = (
+    "slow: takes more than a few seconds; skipped unless --runslow is given",
+    "gpu: needs CUDA; runs only with --device cuda (or auto on a CUDA machine)",
+    "trains(budget=SECONDS): trains a model or runs a script; runs after the cheap tests",
+    "requires(*tests): relies on these tests of the same file; not checked while one fails",
+)
+
+
 def _register_hypothesis_profiles() -> None:
     """At import, before hypothesis's own plugin reads --hypothesis-profile."""
     try:
@@ -99,6 +107,8 @@ def pytest_configure(config: pytest.Config) -> None:
     global _config
     _config = config
     targets.set_current(config.getoption("--target"))
+    for line in MARKERS:
+        config.addinivalue_line("markers", line)
     threads = config.getoption("--threads")
     if threads < 1:
         raise pytest.UsageError(f"--threads must be at least 1, got {threads}")
