@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import nox
+from nox.command import CommandFailed
 
 nox.options.sessions = ["check"]
 nox.options.error_on_external_run = False
@@ -70,6 +71,34 @@ def exercises(session: nox.Session, target: str, device: str) -> None:
 def mutants(session: nox.Session) -> None:
     """The bug-catalog proofs: planted bugs caught, alternative fixes pass, wrong fixes fail."""
     _pytest(session, "tests/test_catalog.py", "tests/test_mutants.py", *session.posargs)
+
+
+@nox.session(venv_backend="none")
+def soak(session: nox.Session) -> None:
+    """Run the reference suites N times (`nox -s soak -- N`, default 5) with fresh random
+    hypothesis examples; report each failure with the seed that reproduces it.
+
+    Only the property tests run (`-m "not trains"`): training tests are seeded, so a repeat
+    would give the same result. Extra arguments after N go to pytest.
+    """
+    import random
+
+    args = list(session.posargs)
+    rounds = int(args.pop(0)) if args and args[0].isdigit() else 5
+    python = _python(session)
+    failed = []
+    for i in range(1, rounds + 1):
+        seed = random.randrange(2**32)
+        cmd = [python, "-m", "pytest", "exercises", "--target=reference", "-q", "-p",
+               "no:cacheprovider", "-m", "not trains", "--hypothesis-profile=random",
+               f"--hypothesis-seed={seed}", *args]
+        session.log(f"soak round {i} of {rounds}: --hypothesis-seed={seed}")
+        try:
+            session.run(*cmd, external=True)
+        except CommandFailed:
+            failed.append(" ".join(cmd[1:]))
+    if failed:
+        session.error("soak failures; reproduce each with:\n  python " + "\n  python ".join(failed))
 
 
 @nox.session(venv_backend="none")
