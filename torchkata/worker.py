@@ -33,8 +33,11 @@ CAN_FORK = hasattr(os, "fork") and hasattr(socket, "AF_UNIX")
 ENV_WORKER = "TORCHKATA_WORKER"  # "off": no resident worker
 ENV_IDLE = "TORCHKATA_WORKER_IDLE"
 IDLE_SECONDS = 20 * 60
-BASE_MODULES = ("pytest", "torch", "torchvision", "hypothesis", "sklearn.metrics", "numpy",
-                "torchkata.checks", "torchkata.plugin", "torchkata.events")
+# torch._dynamo: the first optimizer a test creates imports it (about 2 s), so it is paid
+# here, once, rather than in every run that trains
+BASE_MODULES = ("pytest", "torch", "torch._dynamo", "torch.optim", "torchvision", "hypothesis",
+                "sklearn.metrics", "numpy", "PIL.Image", "torchkata.checks", "torchkata.plugin",
+                "torchkata.events")
 
 
 # --- what to import before forking ---------------------------------------------------------
