@@ -59,7 +59,15 @@ def budget(seconds: float, folder: Path, test: str):
         yield
         return
 
+    deferred = [0]
+
     def on_alarm(signum, frame):
+        # Interrupting a library's import would leave a half-made module in sys.modules for
+        # every later test: let it finish (for up to 30 s more), then stop the test.
+        if _importing_below_learner_code(frame, folder) and deferred[0] < 60:
+            deferred[0] += 1
+            signal.setitimer(signal.ITIMER_REAL, 0.5)
+            return
         learner = _learner_frame(frame, folder)
         if learner is None:
             raise OverBudget(seconds, "", "")
@@ -80,6 +88,18 @@ def budget(seconds: float, folder: Path, test: str):
         signal.signal(signal.SIGALRM, previous)
         if tracer and sys.gettrace() is tracer:
             sys.settrace(None)
+
+
+def _importing_below_learner_code(frame: FrameType | None, folder: Path) -> bool:
+    """Whether Python's import machinery runs inside (below) the innermost learner frame."""
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if filename.startswith("<frozen importlib"):
+            return True
+        if Path(filename).resolve().parent == folder:
+            return False
+        frame = frame.f_back
+    return False
 
 
 def _in_main_thread() -> bool:

@@ -31,6 +31,11 @@ def _sibling_names(folder: Path) -> set[str]:
 
 
 def _describe_import_error(folder: Path, name: str, exc: BaseException) -> str:
+    if isinstance(exc, limits.OverBudget):
+        return (f"{exc.where or name + '.py'}: importing {name}.py did not finish within "
+                f"{exc.budget:g} s.\nExpected importing a module to define things, not run "
+                f"them: look for a loop that never ends, or training at the top level (put it "
+                f"under `if __name__ == \"__main__\":`).")
     where = None
     if isinstance(exc, SyntaxError) and exc.filename:
         where = (exc.filename, exc.lineno)

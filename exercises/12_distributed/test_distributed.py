@@ -1,0 +1,548 @@
+"""Exercise 12: data-parallel training with torch.distributed and DistributedDataParallel.
+
+Each test checks one property. Read the failure message first: it says what was expected,
+what the code did instead, and why it matters.
+
+The first tests call single functions in this process. The tests marked ``trains`` look at
+one real run of ``train.run()`` by two processes (ranks 0 and 1) on this machine, joined by
+a gloo process group on the loopback address (127.0.0.1) and a port that was free when the
+run started. Every wait has a limit: the process group's own timeout, and a deadline after
+which the test kills any rank still running, so a broken run fails with a message instead
+of hanging.
+
+How the ranks start: torch.multiprocessing with the "fork" start method. Measured on a
+2-core machine, starting two ranks and joining a group took 0.07 s with fork, 1.8 to 2.1 s
+with spawn (each rank imports torch again) and 1.4 s the first time with forkserver. fork is
+safe here: this process holds no process group, the ranks never touch CUDA, and the one
+thing fork breaks on this build, an OpenMP thread pool the parent has used, is avoided by
+giving each rank a single thread. (train.py's own launcher uses spawn, which works on
+every OS.)
+"""
+
+import faulthandler
+import os
+import pickle
+import signal
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
+
+from torchkata import under_test
+from torchkata.checks import call, fail
+
+ddp = under_test("ddp")
+train = under_test("train")
+
+WORLD_SIZE = 2
+EPOCHS = 3
+BATCH = 64  # per rank: 512 training points / 2 ranks / 64 = 4 steps per epoch
+GROUP_TIMEOUT = 15.0  # seconds a rank waits in a collective before it raises
+DEADLINE = 40.0  # seconds the whole run may take before the test kills the ranks
+LOOPBACK = "127.0.0.1"
+LOOPBACK_INTERFACE = "lo0" if sys.platform == "darwin" else "lo"
+
+
+class Recording(Dataset):
+    """A data set that notes the index of every sample it hands out, in order."""
+
+    def __init__(self, dataset: Dataset, seen: list[int]) -> None:
+        self.dataset, self.seen = dataset, seen
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        self.seen.append(int(index))
+        return self.dataset[index]
+
+
+class NoStep:
+    """Stands in for an optimizer that never changes the weights (and costs no import)."""
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        pass
+
+    def step(self, closure=None) -> None:
+        pass
+
+
+def indices(n: int) -> TensorDataset:
+    return TensorDataset(torch.arange(n))
+
+
+def loaded(loader) -> list[int]:
+    return [int(i) for (batch,) in loader for i in batch]
+
+
+# --- sharding and shuffling, in this process ------------------------------------------------
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_each_rank_loads_its_own_shard_and_the_shards_cover_the_data(world_size):
+    """make_loader(rank, world_size): disjoint shards of equal size that cover the data set."""
+    n = 12 * world_size
+    shards = [call(ddp.make_loader, indices(n), 5, rank, world_size,
+                   what=f"make_loader(dataset of {n}, batch_size=5, rank={rank}, "
+                        f"world_size={world_size})")
+              for rank in range(world_size)]
+    seen = [loaded(loader) for loader in shards]
+    for rank, got in enumerate(seen):
+        if len(got) == n:
+            fail(f"With world_size={world_size}, rank {rank}'s loader yields all {n} samples of "
+                 f"the data set. Expected its shard of {n // world_size}: when every rank "
+                 f"trains on the whole data set, {world_size} processes repeat the same work "
+                 f"and one 'epoch' goes over the data {world_size} times.")
+        if len(got) != n // world_size or len(set(got)) != len(got):
+            fail(f"With world_size={world_size}, rank {rank}'s loader yields {len(got)} "
+                 f"samples ({len(set(got))} different ones); expected a shard of "
+                 f"{n // world_size} different samples.")
+    for a in range(world_size):
+        for b in range(a + 1, world_size):
+            shared = set(seen[a]) & set(seen[b])
+            if shared:
+                fail(f"Ranks {a} and {b} both load the samples {sorted(shared)[:6]}... "
+                     f"({len(shared)} in all). Expected disjoint shards: every rank must draw "
+                     f"its shard from the same shuffled order (the same seed), or the shards "
+                     f"overlap and some samples are never seen.")
+    missing = set(range(n)) - {i for got in seen for i in got}
+    if missing:
+        fail(f"No rank loads the samples {sorted(missing)[:6]}: the shards must cover the "
+             f"data set.")
+
+
+def test_make_loader_shuffles_only_when_asked():
+    """shuffle=True: the seed decides a shuffled order; shuffle=False: the shard in order."""
+
+    def order(**options) -> list[int]:
+        args = ", ".join(f"{k}={v}" for k, v in options.items())
+        return loaded(call(ddp.make_loader, indices(40), 5, 0, 2, **options,
+                           what=f"make_loader(dataset of 40, 5, rank=0, world_size=2, {args})"))
+
+    kept = order(shuffle=False)
+    if kept != sorted(kept):
+        fail("make_loader(..., shuffle=False) yields rank 0's shard out of order. Expected "
+             "the order of the data set: validation and test loaders do not shuffle.")
+    first, second = order(shuffle=True, seed=0), order(shuffle=True, seed=1)
+    if first == sorted(first):
+        fail("make_loader(..., shuffle=True) yields rank 0's shard in the order of the data "
+             "set. Expected a shuffled order: batches in a fixed order train worse.")
+    if first == second:
+        fail("make_loader(..., shuffle=True) yields the same order with seed=0 and seed=1. "
+             "Expected the seed to decide the shuffle (and so to make a run repeatable).")
+
+
+def test_each_epoch_visits_the_shard_in_a_new_order():
+    """train_one_epoch(..., epoch) shuffles differently in epochs 0, 1 and 2."""
+    x = torch.linspace(-1, 1, 64).unsqueeze(1)  # (64, 1)
+    y = (x[:, 0] > 0).long()
+    seen: list[int] = []
+    data = Recording(TensorDataset(x, y), seen)
+    loader = DataLoader(data, batch_size=8,
+                        sampler=DistributedSampler(data, num_replicas=2, rank=0, seed=0))
+    model, optimizer = nn.Linear(1, 2), NoStep()  # only the order of the samples matters
+    orders = []
+    for epoch in range(3):
+        seen.clear()
+        call(train.train_one_epoch, model, loader, optimizer, epoch,
+             what=f"train_one_epoch(model, loader, optimizer, epoch={epoch})")
+        orders.append(list(seen))
+    for a, b in ((0, 1), (1, 2)):
+        if orders[a] == orders[b]:
+            fail(f"train_one_epoch visited the samples of its shard in exactly the same order "
+                 f"in epochs {a} and {b} (a loader with a DistributedSampler, shuffle=True). "
+                 f"Expected a new order each epoch: DistributedSampler shuffles with its seed "
+                 f"plus the epoch it was told, the same on every rank, and it cannot know the "
+                 f"epoch unless it is told. The same order every epoch trains worse.")
+
+
+BAD_ARGUMENTS = [["--nproc", "0"], ["--epochs", "0"], ["--batch-size", "-2"], ["--lr", "0"],
+                 ["--timeout", "0"]]
+
+
+def test_script_rejects_bad_arguments(capsys, monkeypatch):
+    """python train.py --nproc 0 (and other nonsense) stops at once with a one-line error."""
+    started = []
+    monkeypatch.setattr(train.resolve(), "launch", lambda *args: started.append("launch"))
+    monkeypatch.setattr(train.resolve(), "run", lambda *args: started.append("run"))
+    for argv in BAD_ARGUMENTS:
+        command = "python train.py " + " ".join(argv)
+        try:
+            train.main(argv)
+        except SystemExit as exc:
+            if exc.code in (0, None):
+                fail(f"{command} exited with status 0; expected a non-zero status.")
+        else:
+            fail(f"{command} went on to {' and '.join(started) or 'the end'}; expected it to "
+                 f"refuse the argument with a one-line error and a non-zero exit before "
+                 f"starting any process.")
+        if "error" not in capsys.readouterr().err:
+            fail(f"{command} exited without saying why on stderr.")
+
+
+# --- one real run of two ranks ----------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def describe(exc: BaseException, folder: Path) -> str:
+    """The error's type and first line, and the last line of the code under test that ran."""
+    first = (str(exc).splitlines() or [""])[0]
+    text = f"{type(exc).__name__}: {first[:200]}{'...' if len(first) > 200 else ''}"
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if Path(frame.filename).resolve().parent == folder:
+            return f"{text}\n  at {Path(frame.filename).name}:{frame.lineno}: {frame.line}"
+    return text
+
+
+def where(stack_file: Path, folder: Path) -> str:
+    """From a faulthandler dump (innermost frame first): the code under test's line."""
+    if not stack_file.exists():
+        return ""
+    for line in stack_file.read_text(errors="replace").splitlines():
+        line = line.strip()  # File "/path/train.py", line 80 in evaluate
+        if line.startswith('File "') and '", line ' in line:
+            path, rest = line[6:].split('", line ', 1)
+            if Path(path).resolve().parent == folder:
+                number, _, function = rest.partition(" in ")
+                return f"{Path(path).name}:{number} (in {function})"
+    return ""
+
+
+def rank_main(rank: int, port: int, folder: Path, out: Path) -> None:
+    """One rank, in a forked process: run train.run() and record what it did to out/."""
+    torch.set_num_threads(1)  # the parent's OpenMP threads do not exist in a forked child
+    os.environ.update(MASTER_ADDR=LOOPBACK, MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE),
+                      GLOO_SOCKET_IFNAME=LOOPBACK_INTERFACE)
+    stack = open(out / f"stack{rank}.txt", "w")  # noqa: SIM115 - open until the process ends
+    faulthandler.enable(file=stack)  # a crash (gloo aborts) leaves its stack here
+    faulthandler.dump_traceback_later(DEADLINE - 5, file=stack)  # and so does a hang
+    faulthandler.register(signal.SIGTERM, file=stack, chain=True)  # and being stopped
+    module = train.resolve()
+    seen: list[int] = []
+    record: dict = {"steps": [], "saves": [], "seen": seen}
+    make_data = module.make_data
+
+    def recording_data(*args, **kwargs):
+        train_set, val_set = make_data(*args, **kwargs)
+        return Recording(train_set, seen), val_set
+
+    def params(optimizer):
+        return [p for group in optimizer.param_groups for p in group["params"]]
+
+    def before_step(optimizer, args, kwargs):
+        batch = seen[sum(len(s["batch"]) for s in record["steps"]):]
+        record["steps"].append({
+            "batch": list(batch),
+            "before": [p.detach().clone() for p in params(optimizer)],
+            "grads": [None if p.grad is None else p.grad.detach().clone()
+                      for p in params(optimizer)]})
+
+    def after_step(optimizer, args, kwargs):
+        record["steps"][-1]["after"] = [p.detach().clone() for p in params(optimizer)]
+
+    real_save = torch.save
+
+    def recording_save(obj, f, *args, **kwargs):
+        record["saves"].append(str(f))
+        return real_save(obj, f, *args, **kwargs)
+
+    module.make_data = recording_data
+    register_optimizer_step_pre_hook(before_step)
+    register_optimizer_step_post_hook(after_step)
+    torch.save = recording_save
+    try:
+        cfg = module.Config(epochs=EPOCHS, batch_size=BATCH, lr=0.1, seed=0,
+                            timeout=GROUP_TIMEOUT, out=out / "runs")
+        returned = module.run(cfg)
+        record["group_left_open"] = dist.is_initialized()
+        record["returned"] = ({k: v for k, v in returned.items() if isinstance(v, (int, float))}
+                              if isinstance(returned, dict) else repr(returned)[:200])
+    except BaseException as exc:  # noqa: BLE001 - reported by the parent
+        record["error"] = describe(exc, folder)
+    torch.save = real_save
+    with open(out / f"rank{rank}.pkl", "wb") as f:
+        pickle.dump(record, f)
+    faulthandler.cancel_dump_traceback_later()
+    if "error" in record:
+        raise SystemExit(1)
+    if dist.is_initialized():
+        dist.destroy_process_group()  # leave cleanly, whatever run() did
+
+
+class TwoRanks:
+    """What each rank recorded, or why the run failed (``problem``)."""
+
+    def __init__(self, records: list[dict | None], problem: str) -> None:
+        self.records, self.problem = records, problem
+
+    def check(self) -> list[dict]:
+        __tracebackhide__ = True
+        if self.problem:
+            fail(self.problem)
+        return self.records
+
+
+def start_ranks(out: Path) -> TwoRanks:
+    """Run train.run() on two forked ranks; wait at most DEADLINE; leave no rank running."""
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("these tests start their ranks with fork, which this OS does not have")
+    folder = Path(train.resolve().__file__).resolve().parent
+    ddp.resolve()  # import errors show here, in this process, not in the ranks
+    for attempt in range(2):  # a port that was free may be taken before rank 0 listens on it
+        run_dir = out / f"attempt{attempt}"
+        run_dir.mkdir(parents=True)
+        context = mp.start_processes(rank_main, args=(free_port(), folder, run_dir),
+                                     nprocs=WORLD_SIZE, join=False, start_method="fork")
+        late, deadline = [], time.monotonic() + DEADLINE
+        try:
+            while not context.join(timeout=0.05, grace_period=1.0):
+                if time.monotonic() > deadline:
+                    late = [r for r, p in enumerate(context.processes) if p.is_alive()]
+                    break
+        except (mp.ProcessRaisedException, mp.ProcessExitedException):
+            pass  # one rank failed and join() stopped the others; the records say more
+        finally:
+            for process in context.processes:  # no rank outlives the test
+                if process.is_alive():
+                    process.kill()
+                process.join()
+        records = []
+        for rank in range(WORLD_SIZE):
+            path = run_dir / f"rank{rank}.pkl"
+            records.append(pickle.loads(path.read_bytes()) if path.exists() else None)
+        errors = [rec["error"] for rec in records if rec and "error" in rec]
+        if attempt == 0 and any("address already in use" in e.lower() for e in errors):
+            continue
+        codes = [p.exitcode for p in context.processes]
+        return TwoRanks(records, diagnose(records, codes, late, run_dir, folder))
+    raise AssertionError("unreachable")
+
+
+def diagnose(records: list, codes: list, late: list[int], run_dir: Path, folder: Path) -> str:
+    """Why the run failed, root cause first; "" if every rank finished train.run()."""
+    if late:
+        waits = ", ".join(f"rank {r} at {where(run_dir / f'stack{r}.txt', folder) or '?'}"
+                          for r in late)
+        return (f"train.run() did not finish within {DEADLINE:g} s on two ranks (it needs about "
+                f"a second); the test stopped {waits}. Expected every rank to finish. Note that "
+                f"a collective call (all_reduce, barrier, DDP's gradient averaging in backward) "
+                f"waits until every rank makes the same call: a rank that skips it, or makes "
+                f"another call instead, leaves the others waiting.")
+    found = []
+    for rank, (record, code) in enumerate(zip(records, codes)):
+        if record is None and code not in (0, -signal.SIGTERM, -signal.SIGKILL):
+            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+            at = where(run_dir / f"stack{rank}.txt", folder)
+            found.append(f"rank {rank} died ({how}){' at ' + at if at else ''}. gloo aborts a "
+                         f"process when the ranks' collective calls do not match: every rank "
+                         f"must make the same calls in the same order")
+    for rank, record in enumerate(records):
+        if record is not None and "error" in record:
+            found.append(f"rank {rank} raised {record['error']}")
+    for rank, (record, code) in enumerate(zip(records, codes)):
+        at = where(run_dir / f"stack{rank}.txt", folder)
+        if found and record is None and code in (-signal.SIGTERM, -signal.SIGKILL) and at:
+            found.append(f"rank {rank} was still at {at} when the test stopped it")
+    if not found and None in records:
+        found.append(f"a rank ended without finishing (exit codes {codes})")
+    if found:
+        return "train.run() failed on two ranks: " + ";\n".join(found) + "."
+    return ""
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> TwoRanks:
+    # The first optimizer of a process imports torch._dynamo (seconds): here, once, instead
+    # of in each rank.
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)])
+    return start_ranks(tmp_path_factory.mktemp("ranks"))
+
+
+def data_sets():
+    return train.resolve().make_data(0)
+
+
+def plain_model() -> nn.Module:
+    return train.resolve().make_model()
+
+
+def checks(*functions) -> None:
+    """Names the code under test that a test checks, for the report of its failure."""
+
+
+def load_weights(model: nn.Module, tensors: list[torch.Tensor]) -> nn.Module:
+    with torch.no_grad():
+        for p, t in zip(model.parameters(), tensors):
+            p.copy_(t)
+    return model
+
+
+def max_difference(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return max((x - y).abs().max().item() for x, y in zip(a, b))
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_each_rank_loads_its_own_shard_and_the_shards_cover_the_data")
+def test_each_epoch_of_a_run_trains_on_every_sample_once(ranks):
+    """In train.run() on two ranks, each epoch's batches together hold every sample once."""
+    checks(train.run, ddp.make_loader)
+    records = ranks.check()
+    n = len(data_sets()[0])
+    for epoch in range(EPOCHS):
+        got = []
+        for record in records:
+            per_epoch = len(record["seen"]) // EPOCHS
+            got += record["seen"][epoch * per_epoch:(epoch + 1) * per_epoch]
+        if sorted(got) != list(range(n)):
+            fail(f"In epoch {epoch} of a run on two ranks, the ranks trained on {len(got)} "
+                 f"samples ({len(set(got))} different ones) of the {n} in the training set. "
+                 f"Expected each of the {n} exactly once, half on each rank: run() must give "
+                 f"each rank its own shard.")
+
+
+@pytest.mark.trains
+def test_every_rank_holds_the_same_weights_after_each_step(ranks):
+    """After every optimizer step, rank 1's weights equal rank 0's."""
+    checks(train.run, train.train_one_epoch)
+    zero, one = (record["steps"] for record in ranks.check())
+    if len(zero) != len(one) or not zero:
+        fail(f"Rank 0 took {len(zero)} optimizer steps and rank 1 took {len(one)}; expected "
+             f"the same number, more than zero.")
+    if max_difference(zero[0]["before"], one[0]["before"]) > 1e-6:
+        fail("Before the first step, the ranks' weights differ. Expected the same starting "
+             "point on every rank.")
+    for step, (a, b) in enumerate(zip(zero, one), 1):
+        diff = max_difference(a["after"], b["after"])
+        if diff > 1e-6:
+            fail(f"After step {step}, the weights on rank 1 differ from those on rank 0 by up "
+                 f"to {diff:.2g}. Expected the copies to stay identical: every rank must take "
+                 f"the same step, from the gradient averaged over all ranks. Copies that "
+                 f"drift apart are several models trained on parts of the data, not one.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_each_rank_loads_its_own_shard_and_the_shards_cover_the_data")
+def test_each_step_uses_the_gradient_of_the_whole_global_batch(ranks):
+    """Each rank's step uses the gradient of both ranks' batches together, as one process would."""
+    checks(train.run, train.train_one_epoch)
+    zero, one = (record["steps"] for record in ranks.check())
+    x, y = data_sets()[0].tensors
+    model = plain_model()
+    for step, (a, b) in enumerate(zip(zero, one), 1):
+        batch = a["batch"] + b["batch"]
+        load_weights(model, a["before"])
+        model.zero_grad()
+        nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+        expected = [p.grad for p in model.parameters()]
+        for rank, record in ((0, a), (1, b)):
+            if any(g is None for g in record["grads"]):
+                fail(f"At step {step} on rank {rank}, a parameter had no gradient when "
+                     f"optimizer.step() ran.")
+            if max_difference(record["grads"], expected) > 1e-5:
+                ratio = (torch.cat([g.flatten() for g in record["grads"]]).norm()
+                         / torch.cat([g.flatten() for g in expected]).norm()).item()
+                fail(f"At step {step}, the gradient on rank {rank} is not the gradient of the "
+                     f"global batch (rank 0's {len(a['batch'])} samples and rank 1's "
+                     f"{len(b['batch'])}, as one process would compute it on all of them); "
+                     f"its norm is {ratio:.2f} times that one's. DistributedDataParallel "
+                     f"averages the ranks' gradients during backward(), when the forward pass "
+                     f"went through the wrapper and nothing scales the loss.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_each_rank_loads_its_own_shard_and_the_shards_cover_the_data",
+                      "test_every_rank_holds_the_same_weights_after_each_step")
+def test_every_rank_reports_the_metrics_of_the_whole_validation_set(ranks):
+    """run() returns, on every rank, the loss and accuracy over all the validation data."""
+    checks(train.run, train.evaluate)
+    records = ranks.check()
+    x, y = data_sets()[1].tensors
+    model = load_weights(plain_model(), records[0]["steps"][-1]["after"])
+    with torch.no_grad():
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits, y).item()
+        accuracy = (logits.argmax(dim=1) == y).float().mean().item()
+    for rank, record in enumerate(records):
+        got = record["returned"]
+        if not isinstance(got, dict) or not {"val_loss", "val_accuracy"} <= got.keys():
+            fail(f"run() returned {got!r} on rank {rank}; expected a dict with the numbers "
+                 f"'val_loss' and 'val_accuracy'.")
+        if (abs(got["val_loss"] - loss) > 1e-4 * max(1.0, loss)
+                or abs(got["val_accuracy"] - accuracy) > 1e-6):
+            fail(f"Rank {rank} reported a validation loss of {got['val_loss']:.4f} and an "
+                 f"accuracy of {got['val_accuracy']:.2%}; over the whole validation set "
+                 f"({len(y)} points) the final model has a loss of {loss:.4f} and an "
+                 f"accuracy of {accuracy:.2%}. Each rank evaluates only its shard: a number "
+                 f"computed from one shard describes that shard, not the model. Every rank "
+                 f"must report the metric of all the shards together.")
+
+
+@pytest.mark.trains
+def test_only_rank_0_writes_the_checkpoint(ranks):
+    """Exactly one torch.save in the whole run, by rank 0."""
+    checks(train.run)
+    saves = [record["saves"] for record in ranks.check()]
+    if saves[1] or len(saves[0]) != 1:
+        fail(f"In a run on two ranks, rank 0 called torch.save {len(saves[0])} time(s) and "
+             f"rank 1 {len(saves[1])} time(s); expected one checkpoint, written by rank 0. "
+             f"The weights are the same on every rank: more writers only write the same file "
+             f"at the same moment (and can leave it corrupt), or litter the folder with "
+             f"copies.")
+
+
+@pytest.mark.trains
+def test_the_checkpoint_loads_into_a_plain_model(ranks):
+    """The checkpoint loads into make_model() (no DDP, no process group) with the final weights."""
+    checks(ddp.save_checkpoint)
+    records = ranks.check()
+    if not records[0]["saves"]:
+        fail("Rank 0 wrote no checkpoint (no torch.save call in the whole run).")
+    path = Path(records[0]["saves"][-1])
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - the message names what could not be loaded
+        fail(f"torch.load({path.name}, weights_only=True) cannot read the checkpoint: "
+             f"{str(exc).splitlines()[0]}. Expected a state_dict: plain tensors by name.")
+    model = plain_model()
+    expected = list(model.state_dict())
+    if not isinstance(state, dict) or list(state) != expected:
+        keys = list(state)[:3] if isinstance(state, dict) else type(state).__name__
+        fail(f"The checkpoint's keys are {keys}...; a plain model built by make_model() has "
+             f"{expected[:3]}... and cannot load it. DistributedDataParallel wraps the model, "
+             f"and what it returns names every weight through the wrapper. A checkpoint should "
+             f"load into the model itself, in a program that knows nothing of how it was "
+             f"trained.")
+    model.load_state_dict(state)
+    if max_difference(list(model.parameters()), records[0]["steps"][-1]["after"]) > 0:
+        fail("The checkpoint does not hold the weights the model had at the end of training.")
+
+
+@pytest.mark.trains
+def test_run_leaves_no_process_group_behind(ranks):
+    """When run() returns, torch.distributed.is_initialized() is False on every rank."""
+    checks(train.run)
+    records = ranks.check()
+    open_on = [rank for rank, record in enumerate(records) if record["group_left_open"]]
+    if open_on:
+        fail(f"After run() returned, the process group was still initialized on rank(s) "
+             f"{open_on}. Expected run() to leave the group it joined: its sockets and threads "
+             f"stay open until the process ends, and the next init_process_group() in the same "
+             f"process fails because a default group already exists.")
