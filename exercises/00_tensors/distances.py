@@ -45,14 +45,28 @@ def blobs(n: int, classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--points", type=int, default=200, help="per class (default: %(default)s)")
-    parser.add_argument("--classes", type=int, default=3, help="default: %(default)s")
-    parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    args = parser.parse_args()
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
+    return value
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--points", type=positive_int, default=200,
+                        help="per class (default: %(default)s)")
+    parser.add_argument("--classes", type=positive_int, default=3, help="default: %(default)s")
+    parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="auto: cuda when available (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no GPU is available here (use --device cpu or auto)")
+    device = args.device if args.device != "auto" else (
+        "cuda" if torch.cuda.is_available() else "cpu")
+
     x, y = blobs(2 * args.points, args.classes, seed=args.seed)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(args.seed))
     train, test = order[: len(x) // 2], order[len(x) // 2 :]  # half to look up, half to classify

@@ -4,7 +4,10 @@ Each test checks one property. Read the failure message first: it says what was 
 what the code did instead, and why it matters.
 """
 
+import re
+
 import numpy as np
+import pytest
 import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -21,6 +24,9 @@ BROADCAST_HINT = (
     "really computes."
 )
 FLOAT_DTYPES = (torch.float32, torch.float64)
+# PyTorch names the two operands of the one operation that failed "tensor a" and "tensor b".
+BROADCAST_ERROR = re.compile(r"size of tensor a \((\d+)\) must match the size of tensor b "
+                             r"\((\d+)\) at non-singleton dimension (\d+)")
 
 
 def same_memory(x: torch.Tensor, y: torch.Tensor) -> bool:
@@ -39,10 +45,35 @@ def naive_sq_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
                          for u in rows_a], dtype=torch.float64).reshape(len(rows_a), len(rows_b))
 
 
+def retelling_broadcast_errors(fn):
+    """``fn``, with PyTorch's broadcasting error retold in terms of the learner's function.
+
+    PyTorch's message says "the size of tensor a (3) must match the size of tensor b (2)":
+    its a and b are the two operands of one line inside the function, which a learner reads
+    as the function's own arguments a and b.
+    """
+    def run(*args):
+        try:
+            return fn(*args)
+        except RuntimeError as exc:
+            found = BROADCAST_ERROR.search(str(exc))
+            if found:
+                left, right, dim = found.groups()
+                exc.args = (f"two intermediate tensors of one line inside it cannot be "
+                            f"broadcast together: along dimension {dim} of that line's result "
+                            f"one has size {left} and the other size {right} (PyTorch calls "
+                            f"these two operands 'tensor a' and 'tensor b'; they are not the "
+                            f"arguments a and b)",)
+            raise
+    return run
+
+
 def sq_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return call(distances.pairwise_sq_distances, a, b,
+    n, m = len(a), len(b)
+    return call(retelling_broadcast_errors(distances.pairwise_sq_distances), a, b,
                 what=f"pairwise_sq_distances(a {tuple(a.shape)}, b {tuple(b.shape)})",
-                why=BROADCAST_HINT)
+                why=f"The result should be ({n}, {m}): one row per point of a, one column per "
+                    f"point of b. {BROADCAST_HINT}")
 
 
 def tolerance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -91,8 +122,41 @@ def test_to_numpy_accepts_a_tensor_that_requires_grad(device):
                    "can see its values, and numpy only knows CPU memory.")
     if not isinstance(out, np.ndarray):
         fail(f"to_numpy returned a {type(out).__name__}, expected a numpy.ndarray.")
-    if not np.allclose(out, (w * 2).detach().cpu().numpy()):
-        fail("to_numpy returned an array with other values than the tensor's.")
+    if out.shape != (2, 3) or not np.allclose(out, (w * 2).detach().cpu().numpy()):
+        fail(f"to_numpy on a (2, 3) tensor returned an array of shape {out.shape} with other "
+             f"values than the tensor's; expected the same shape and values.")
+
+
+class HostOnly(torch.Tensor):
+    """Stands in for a GPU tensor on a machine without one: numpy refuses it until it is
+    copied to the host (with .cpu() or .to("cpu")), as it refuses a real CUDA tensor."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.__array__ or (
+                func is torch.Tensor.numpy and not kwargs.get("force", False)):
+            raise TypeError("can't convert cuda:0 device type tensor to numpy. Use "
+                            "Tensor.cpu() to copy the tensor to host memory first.")
+        out = super().__torch_function__(func, types, args, kwargs)
+        if func in (torch.Tensor.cpu, torch.Tensor.to) and isinstance(out, torch.Tensor):
+            return out.as_subclass(torch.Tensor).clone()  # now a plain host tensor
+        return out
+
+
+def test_to_numpy_copies_a_gpu_tensor_to_the_host():
+    """to_numpy of a GPU tensor (a CPU stand-in that numpy refuses the same way) works."""
+    w = torch.linspace(-1, 1, 6).reshape(2, 3).requires_grad_()
+    on_gpu = (w * 2).as_subclass(HostOnly)
+    out = call(tensors.to_numpy, on_gpu, what="to_numpy(a tensor on a GPU that requires grad)",
+               why="(This test runs on the CPU with a tensor that numpy refuses exactly as it "
+                   "refuses a CUDA tensor.) numpy only knows host memory: a tensor in GPU "
+                   "memory must be copied to the CPU before numpy can see its values. The "
+                   "docstring promises that to_numpy accepts a GPU tensor.")
+    if not isinstance(out, np.ndarray) or out.shape != (2, 3) or not np.allclose(
+            out, (w * 2).detach().numpy()):
+        fail("to_numpy on a (stand-in) GPU tensor returned something other than a (2, 3) "
+             "numpy array with the tensor's values.")
 
 
 def test_to_numpy_shares_memory_on_the_cpu():
@@ -235,6 +299,7 @@ def test_distance_of_each_point_to_itself_is_zero(device, n, d, dtype, seed):
              f"is 0 only if each term is the squared norm of the same row.")
 
 
+@pytest.mark.requires("test_distances_match_a_naive_loop")
 @given(n=st.integers(2, 32), d=st.integers(1, 16), dtype=dtypes, seed=seeds)
 @example(n=20, d=16, dtype=torch.float32, seed=0)
 def test_distances_are_never_negative(device, n, d, dtype, seed):
@@ -250,15 +315,64 @@ def test_distances_are_never_negative(device, n, d, dtype, seed):
              f"NaN, and a kernel or k-NN search that assumes d >= 0 misbehaves.")
 
 
+@pytest.mark.requires("test_distances_have_shape_n_by_m", "test_distances_match_a_naive_loop")
 def test_nearest_neighbour_of_a_training_point_is_itself(device):
     """Querying with some training points returns their own labels (each is its own nearest)."""
     train_x = points(50, 3, 0, torch.float32).to(device)
-    train_y = torch.arange(50, device=device)
+    train_y = torch.arange(149, 99, -1, device=device)  # labels 149..100: not row indices
     picked = torch.randperm(50)[:20].to(device)
-    got = call(distances.nearest_neighbour_labels, train_x, train_y, train_x[picked],
+    got = call(retelling_broadcast_errors(distances.nearest_neighbour_labels), train_x,
+               train_y, train_x[picked],
                what="nearest_neighbour_labels(train_x (50, 3), train_y (50,), query (20, 3))")
     if tuple(got.shape) != (20,) or not torch.equal(got.cpu(), train_y[picked].cpu()):
         fail("nearest_neighbour_labels with 20 training points as queries should return their "
-             "own labels: every training point is at distance 0 from itself. The distances are "
-             "(Q, N), one row per query: a query's nearest training point is found within its "
-             "own row.")
+             "own labels (the labels of train_y, not row numbers): every training point is at "
+             "distance 0 from itself. The distances are (Q, N), one row per query: a query's "
+             "nearest training point is found within its own row.")
+
+
+# --- the script ------------------------------------------------------------------------
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_nearest_neighbour_of_a_training_point_is_itself")
+def test_script_labels_blobs_by_their_nearest_neighbour(device, capsys):
+    """`python distances.py` classifies the blobs and prints the 1-nearest-neighbour accuracy."""
+    argv = ["--points", "60", "--classes", "3", "--seed", "1", "--device", device.type]
+    call(distances.main, argv, what=f"distances.py {' '.join(argv)}")
+    out = capsys.readouterr().out
+    found = re.search(r"accuracy on (\d+) test points: ([\d.]+)%", out)
+    if not found or int(found[1]) != 180:
+        fail(f"distances.py {' '.join(argv)} printed {out.strip()!r}; expected the accuracy on "
+             f"the 180 test points (half of the 3 x 2 x 60 points it makes).")
+    if float(found[2]) < 85:
+        fail(f"distances.py {' '.join(argv)} labelled only {found[2]}% of the test points "
+             f"right; on these blobs (seed 1) 1-nearest-neighbour gets 91%, and chance "
+             f"is 33%. Each test point must take the label of the "
+             f"training point closest to it.")
+
+
+@pytest.mark.trains
+def test_script_rejects_nonsense_arguments(capsys):
+    """distances.py refuses zero or negative sizes and unknown devices with one line, exit 2."""
+    cases = [["--points", "0"], ["--points", "-3"], ["--classes", "0"], ["--device", "gpu"]]
+    if not torch.cuda.is_available():
+        cases.append(["--device", "cuda"])
+    for argv in cases:
+        try:
+            distances.main(argv)
+        except SystemExit as exc:
+            code = exc.code
+        except Exception as exc:  # noqa: BLE001 - a traceback is the finding
+            fail(f"distances.py {' '.join(argv)} raised {type(exc).__name__}: {exc}. Expected "
+                 f"argparse to refuse the value with one line and exit status 2: a user should "
+                 f"read what is wrong with the command, not a traceback.")
+        else:
+            fail(f"distances.py {' '.join(argv)} ran to the end. Expected it to refuse the "
+                 f"value with one line and exit status 2: sizes must be at least 1 and the "
+                 f"device one this machine has.")
+        lines = capsys.readouterr().err.strip().splitlines()
+        if code != 2 or not lines or "error:" not in lines[-1]:
+            err = "\n".join(lines)
+            fail(f"distances.py {' '.join(argv)} exited with status {code} and printed "
+                 f"{err!r}; expected argparse's usage line and one 'error:' line, status 2.")

@@ -6,6 +6,7 @@ what the code did instead, and why it matters.
 
 import copy
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -19,6 +20,7 @@ from torchkata.checks import (
     assert_accuracy_at_least,
     assert_can_overfit,
     assert_close_to_oracle,
+    assert_finite,
     assert_grads_flow,
     call,
     fail,
@@ -37,9 +39,49 @@ def digits(n: int = 64):
     return x, y
 
 
+def small_net(in_features: int = 4, classes: int = 3, dropout: float = 0.0) -> nn.Module:
+    """A stand-in model for the tests of fit and predict, independent of MLP."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(in_features, 16), nn.ReLU(), nn.Dropout(dropout),
+                         nn.Linear(16, classes))
+
+
+def blob_batches(batches: int = 3, size: int = 8, seed: int = 0) -> list[tuple]:
+    x, y = data.blobs(n=batches * size, classes=3, dim=4, seed=seed)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    return list(zip(x[order].split(size)[:batches], y[order].split(size)[:batches]))
+
+
+def linear_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+
+
 # --- the model -------------------------------------------------------------------------
 
 
+def test_layer_sizes_chain_from_input_to_classes():
+    """in_features -> 512 -> 256 -> num_classes: each Linear takes what the one before gives."""
+    for in_features, classes in ((784, 10), (2, 3)):
+        model = call(mlp.MLP, in_features=in_features, num_classes=classes,
+                     what=f"MLP(in_features={in_features}, num_classes={classes})")
+        layers = linear_layers(model)
+        sizes = [(name, m.in_features, m.out_features) for name, m in layers]
+        shown = ", ".join(f"{name}: {i} -> {o}" for name, i, o in sizes)
+        for (before, _, gives), (after, takes, _) in zip(sizes, sizes[1:]):
+            if takes != gives:
+                fail(f"In MLP(in_features={in_features}, num_classes={classes}) {after} takes "
+                     f"{takes} features, but {before} before it produces {gives} ({shown}). "
+                     f"Every layer must accept exactly what the layer before it produces, or "
+                     f"the forward pass stops with a shape error.")
+        expected = [in_features, 512, 256, classes]
+        found = [i for _, i, _ in sizes] + [o for _, _, o in sizes[-1:]]
+        if found != expected:
+            fail(f"MLP(in_features={in_features}, num_classes={classes}) has the Linear layers "
+                 f"{shown or 'none'}; expected three, {' -> '.join(map(str, expected))}: the "
+                 f"first takes the in_features it is given, the last gives one score per class.")
+
+
+@pytest.mark.requires("test_layer_sizes_chain_from_input_to_classes")
 @given(batch=st.integers(1, 64), flat=st.booleans())
 def test_forward_shape_any_batch_size(device, batch, flat):
     """MLP maps a batch of B images (or B flat vectors of 784) to B rows of 10 scores."""
@@ -52,10 +94,12 @@ def test_forward_shape_any_batch_size(device, batch, flat):
              f"one row of 10 class scores per image.")
 
 
+@pytest.mark.requires("test_layer_sizes_chain_from_input_to_classes")
 def test_forward_returns_raw_logits(device):
     """The model returns unnormalised scores; nn.CrossEntropyLoss does the normalising."""
     x, _ = digits(32)
     out = call(mlp.MLP().to(device), x.to(device), what="MLP() on 32 digits", why=SHAPES_HINT)
+    assert_finite(out, "The output of MLP() on 32 digits")
     why = ("nn.CrossEntropyLoss applies log-softmax to its input itself, so the model must "
            "return raw scores (logits). Normalising twice flattens the loss and slows or "
            "stalls learning.")
@@ -71,22 +115,38 @@ def test_forward_returns_raw_logits(device):
              "last Linear layer, and the loss can no longer push wrong classes down.")
 
 
+@pytest.mark.requires("test_layer_sizes_chain_from_input_to_classes")
 def test_model_is_not_linear(device):
-    """Hidden layers need a non-linearity between them, or the network is one big Linear."""
+    """Between each two Linear layers something non-linear acts, whatever follows the last."""
     model = mlp.MLP().to(device)
+    layers = linear_layers(model)
+    seen: dict[str, list[torch.Tensor]] = {name: [] for name, _ in layers}
+    hooks = [m.register_forward_pre_hook(lambda m, args, name=name: seen[name].append(args[0]))
+             for name, m in layers]
     g = torch.Generator().manual_seed(1)
     a, b = (torch.randn(16, 784, generator=g).to(device) for _ in range(2))
-    zero = torch.zeros_like(a)
-    with torch.no_grad():
-        f = lambda t: call(model, t, what="MLP() on a (16, 784) batch", why=SHAPES_HINT)  # noqa: E731
-        gap = (f(a + b) + f(zero) - f(a) - f(b)).abs().max().item()
-    if gap < 1e-4:
-        fail("The network is a linear (affine) map: f(a + b) equals f(a) + f(b) - f(0) for "
-             "random inputs. A stack of Linear layers with nothing non-linear between them "
-             "collapses into a single Linear layer, so the extra layers add no power: "
-             "it cannot learn anything a straight line cannot separate.")
+    try:
+        with torch.no_grad():
+            for t in (a + b, torch.zeros_like(a), a, b):
+                call(model, t, what="MLP() on a (16, 784) batch", why=SHAPES_HINT)
+    finally:
+        for h in hooks:
+            h.remove()
+    for (before, _), (name, _) in zip(layers, layers[1:]):
+        if len(seen[name]) != 4:
+            continue
+        f_ab, f_0, f_a, f_b = seen[name]
+        assert_finite(torch.stack(seen[name]), f"The input of {name}")
+        if (f_ab + f_0 - f_a - f_b).abs().max().item() < 1e-4:
+            fail(f"The input of {name} (what comes out of {before} and whatever follows it) is "
+                 f"a linear (affine) function of the image: f(a + b) equals f(a) + f(b) - f(0) "
+                 f"for random inputs. Two Linear layers with nothing non-linear between them "
+                 f"collapse into a single Linear layer, so the extra layer adds no power, and "
+                 f"nothing after the last layer changes that: the network cannot learn what a "
+                 f"straight line cannot separate.")
 
 
+@pytest.mark.requires("test_layer_sizes_chain_from_input_to_classes")
 def test_every_parameter_gets_a_gradient(device):
     """One backward pass reaches every weight and bias with a finite, non-zero gradient."""
     x, y = digits(32)
@@ -98,6 +158,16 @@ def test_every_parameter_gets_a_gradient(device):
 # --- the training step -----------------------------------------------------------------
 
 
+def step_on_digits(model, optimizer, loss_fn, x, y) -> float:
+    loss = call(train.train_step, model, optimizer, loss_fn, x, y,
+                what="train_step() on 32 digits")
+    if not isinstance(loss, (float, torch.Tensor)) or not torch.isfinite(
+            torch.as_tensor(loss)).all():
+        fail(f"train_step returned {loss!r}; expected the batch loss, a finite number.")
+    return float(loss)
+
+
+@pytest.mark.requires("test_layer_sizes_chain_from_input_to_classes")
 def test_train_step_uses_the_labels(device):
     """train_step returns the cross-entropy between the model's scores and the true labels."""
     x, y = digits(32)
@@ -110,8 +180,7 @@ def test_train_step_uses_the_labels(device):
     for labels in (y, (y + 1) % 10):
         clone = copy.deepcopy(model)
         optimizer = torch.optim.SGD(clone.parameters(), lr=0.01)
-        reported.append(call(train.train_step, clone, optimizer, nn.CrossEntropyLoss(), x,
-                             labels, what="train_step() on 32 digits"))
+        reported.append(step_on_digits(clone, optimizer, nn.CrossEntropyLoss(), x, labels))
     if abs(reported[0] - reported[1]) < 1e-6:
         fail(f"train_step reported the same loss ({reported[0]:.4f}) for two different sets of "
              f"labels. The loss must compare the model's predictions with the true labels y; "
@@ -122,6 +191,59 @@ def test_train_step_uses_the_labels(device):
              f"return the loss of the batch it was given, computed from scores and labels.")
 
 
+@pytest.mark.requires("test_train_step_uses_the_labels")
+def test_train_step_uses_the_loss_function_it_is_given(device):
+    """With loss_fn = CrossEntropyLoss(reduction="sum"), train_step reports that summed loss."""
+    x, y = digits(32)
+    x, y = x.to(device), y.to(device)
+    model = mlp.MLP().to(device)
+    with torch.no_grad():
+        expected = nn.functional.cross_entropy(model(x), y, reduction="sum").item()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    got = step_on_digits(model, optimizer, nn.CrossEntropyLoss(reduction="sum"), x, y)
+    if abs(got - expected) > 1e-4 * max(1.0, abs(expected)):
+        fail(f"Given loss_fn = nn.CrossEntropyLoss(reduction='sum'), train_step reported "
+             f"{got:.4f}; that loss function gives {expected:.4f} on this batch. train_step must "
+             f"minimise the loss function its caller passes in, not one of its own choosing.")
+
+
+@pytest.mark.requires("test_layer_sizes_chain_from_input_to_classes")
+def test_train_step_returns_a_python_float(device):
+    """The loss comes back as a plain float, not a tensor that keeps the graph alive."""
+    x, y = digits(8)
+    model = mlp.MLP().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    loss = call(train.train_step, model, optimizer, nn.CrossEntropyLoss(), x.to(device),
+                y.to(device), what="train_step() on 8 digits")
+    if not isinstance(loss, float):
+        fail(f"train_step returned a {type(loss).__name__}; expected a Python float. A loss "
+             f"tensor holds on to the whole graph of its step: a history of them keeps every "
+             f"step's activations in memory.")
+
+
+@pytest.mark.requires("test_train_step_uses_the_labels")
+def test_train_step_moves_the_weights_against_the_gradient(device):
+    """One train_step with SGD(lr=0.1) gives w - 0.1 * (gradient of that batch's loss)."""
+    x, y = digits(32)
+    x, y = x.to(device), y.to(device)
+    model = mlp.MLP().to(device)
+    expected = copy.deepcopy(model)
+    nn.functional.cross_entropy(expected(x), y).backward()
+    with torch.no_grad():
+        for p in expected.parameters():
+            p -= 0.1 * p.grad
+    step_on_digits(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(),
+                   x, y)
+    for (name, p), q in zip(model.named_parameters(), expected.parameters()):
+        if not torch.allclose(p, q, atol=1e-6):
+            moved = (p - q.detach() - 0.1 * q.grad).abs().max().item() < 1e-6
+            fail(f"After one train_step with SGD(lr=0.1), {name} is not w - 0.1 * dL/dw for this "
+                 f"batch's loss" + (" (it did not move at all)" if moved else "") + ". A step "
+                 "computes the gradient of the loss (backward) and only then lets the "
+                 "optimizer update the weights with it.")
+
+
+@pytest.mark.requires("test_train_step_uses_the_labels")
 def test_train_step_starts_from_fresh_gradients(device):
     """After train_step, each .grad holds the gradient of that batch alone."""
     x, y = digits(32)
@@ -129,8 +251,7 @@ def test_train_step_starts_from_fresh_gradients(device):
     model = mlp.MLP().to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the weights stay put
     for _ in range(2):
-        call(train.train_step, model, optimizer, nn.CrossEntropyLoss(), x, y,
-             what="train_step() on 32 digits")
+        step_on_digits(model, optimizer, nn.CrossEntropyLoss(), x, y)
     fresh = copy.deepcopy(model)
     fresh.zero_grad()
     nn.functional.cross_entropy(fresh(x), y).backward()
@@ -141,6 +262,10 @@ def test_train_step_starts_from_fresh_gradients(device):
              f"each step must clear the gradients of the step before, or updates use stale sums.")
 
 
+@pytest.mark.trains
+@pytest.mark.requires("test_forward_returns_raw_logits",
+                      "test_train_step_starts_from_fresh_gradients",
+                      "test_train_step_moves_the_weights_against_the_gradient")
 def test_overfits_one_batch(device):
     """Repeated train_steps on one small batch drive its loss close to zero."""
     x, y = digits(32)
@@ -153,6 +278,165 @@ def test_overfits_one_batch(device):
     assert_can_overfit(losses, below=0.05, what="MLP trained with train_step")
 
 
+# --- fit and predict ---------------------------------------------------------------------
+
+FIT_NEEDS = ("test_train_step_uses_the_labels", "test_train_step_starts_from_fresh_gradients",
+             "test_train_step_moves_the_weights_against_the_gradient")
+
+
+def fit_on(model, batches, device, **kwargs) -> list[float]:
+    args = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+    history = call(train.fit, model, batches, device=device, **kwargs,
+                   what=f"fit(model, {len(batches)} batches, {args})")
+    if not isinstance(history, list):
+        fail(f"fit returned a {type(history).__name__}; expected a list of losses.")
+    assert_finite(torch.tensor([float(v) for v in history]), "The losses fit returned")
+    return history
+
+
+@pytest.mark.requires(*FIT_NEEDS)
+def test_fit_takes_one_step_per_batch_of_every_epoch(device):
+    """fit(epochs=2) over 3 batches takes 6 steps and returns 6 losses, one per step."""
+    model = small_net().to(device)
+    steps = []
+    hook = model.register_forward_pre_hook(lambda m, args: steps.append(len(args[0])))
+    try:
+        history = fit_on(model, blob_batches(batches=3), device, epochs=2, lr=1e-3)
+    finally:
+        hook.remove()
+    if len(steps) != 6:
+        fail(f"fit(epochs=2) over a loader of 3 batches ran the model {len(steps)} times; "
+             f"expected 6: every epoch goes over every batch once, one step each.")
+    if len(history) != 6:
+        fail(f"fit(epochs=2) over a loader of 3 batches returned {len(history)} losses; "
+             f"expected 6, the loss of every step, so that a curve can be drawn.")
+
+
+@pytest.mark.requires("test_fit_takes_one_step_per_batch_of_every_epoch")
+def test_fit_takes_adam_steps_of_size_lr(device):
+    """fit(lr=...) uses Adam with that lr: its first step moves the weights by up to lr."""
+    for lr in (0.05, 0.002):
+        model = small_net().to(device)
+        before = [p.detach().clone() for p in model.parameters()]
+        fit_on(model, blob_batches(batches=1), device, epochs=1, lr=lr)
+        biggest = max((p.detach() - q).abs().max().item()
+                      for p, q in zip(model.parameters(), before))
+        if not 0.9 * lr <= biggest <= 1.01 * lr:
+            fail(f"After one step of fit(epochs=1, lr={lr}) the largest change of a weight is "
+                 f"{biggest:.3g}. Adam's first step moves each weight by about lr (it divides "
+                 f"the gradient by its own size), so expected close to {lr}: fit must train "
+                 f"with Adam at the learning rate it is given.")
+
+
+@pytest.mark.requires("test_fit_takes_adam_steps_of_size_lr")
+def test_fit_reports_the_cross_entropy_of_every_step(device):
+    """fit(epochs=2) over 3 batches returns 6 losses: each batch's cross-entropy, in order."""
+    batches = blob_batches(batches=3)
+    model = small_net().to(device)
+    expected = []
+    with torch.no_grad():  # with lr=0 the weights never move: every loss can be computed now
+        for _ in range(2):
+            expected += [nn.functional.cross_entropy(model(x.to(device)), y.to(device)).item()
+                         for x, y in batches]
+    history = fit_on(model, batches, device, epochs=2, lr=0.0)
+    for k, (got, want) in enumerate(zip(history, expected)):
+        if abs(got - want) > 1e-5 * max(1.0, want):
+            fail(f"fit reported {got:.4f} for step {k + 1} (epoch {k // 3 + 1}, batch "
+                 f"{k % 3 + 1}), but the cross-entropy of the model's scores on that batch is "
+                 f"{want:.4f}. fit must minimise the cross-entropy between the scores and the "
+                 f"labels, and report it for every step.")
+
+
+@pytest.mark.requires("test_fit_takes_one_step_per_batch_of_every_epoch")
+def test_fit_trains_in_training_mode(device):
+    """fit switches a model that is in eval mode (e.g. after predict) back to training mode."""
+    model = small_net(dropout=0.5).to(device).eval()
+    modes = []
+    hook = model.register_forward_pre_hook(lambda m, args: modes.append(m.training))
+    try:
+        fit_on(model, blob_batches(batches=2), device, epochs=1, lr=1e-3)
+    finally:
+        hook.remove()
+    if not modes or not all(modes):
+        fail("fit ran its forward passes with the model in eval mode (it was handed a model "
+             "in eval mode, as after an evaluation). Dropout and BatchNorm behave differently "
+             "while training: fit must put the model in training mode itself.")
+
+
+def test_predict_runs_in_eval_mode(device):
+    """predict's logits are those of the model in eval mode: dropout off, same every time."""
+    model = small_net(dropout=0.5).to(device).train()
+    x = data.blobs(n=20, classes=3, dim=4)[0]
+    with torch.no_grad():
+        expected = copy.deepcopy(model).eval()(x.to(device)).cpu()
+    got = call(train.predict, model, x, device, what="predict(model with dropout, x (60, 4))")
+    assert_finite(got, "The logits from predict")
+    if tuple(got.shape) != (60, 3) or not torch.allclose(got.cpu(), expected, atol=1e-6):
+        fail("predict on a model with dropout returned other logits than the model in eval "
+             "mode: dropout was still switching units off at random. Predictions must come "
+             "from the model in evaluation mode.")
+
+
+def test_predict_leaves_the_model_in_its_mode(device):
+    """A model in training mode is in training mode again after predict (and eval stays eval)."""
+    x = data.blobs(n=4, classes=3, dim=4)[0]
+    for mode in (True, False):
+        model = small_net(dropout=0.5).to(device).train(mode)
+        call(train.predict, model, x, device, what="predict(model, x (12, 4))")
+        if model.training != mode:
+            fail(f"predict left a model that was in {'training' if mode else 'eval'} mode in "
+                 f"{'training' if model.training else 'eval'} mode. It must switch to eval "
+                 f"mode only while it predicts: training that goes on afterwards would "
+                 f"otherwise run with dropout off (and BatchNorm frozen) without anyone noticing.")
+
+
+def test_predict_returns_every_row_in_order_without_a_graph(device):
+    """2,500 inputs (more than one chunk) give 2,500 rows of logits in input order, on the CPU."""
+    model = small_net().to(device)
+    x = torch.randn(2500, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(x.to(device)).cpu()
+    got = call(train.predict, model, x, device, what="predict(model, x (2500, 4))")
+    assert_finite(got, "The logits from predict")
+    if tuple(got.shape) != (2500, 3):
+        fail(f"predict on 2,500 inputs returned shape {tuple(got.shape)}; expected (2500, 3): "
+             f"one row of scores per input, whatever the chunk size.")
+    if got.device.type != "cpu" or got.requires_grad:
+        fail(f"predict returned logits on {got.device} with requires_grad={got.requires_grad}; "
+             f"expected plain CPU tensors: predictions need no graph, and the caller compares "
+             f"them with CPU labels.")
+    if not torch.allclose(got, expected, atol=1e-5):
+        fail("predict's rows are not the model's scores for the inputs in the same order: row "
+             "i must belong to input i.")
+
+
+def test_shuffled_split_is_disjoint_complete_and_reproducible():
+    """Every sample lands in exactly one part; the same seed gives the same split, another not."""
+    x = torch.arange(100).float().unsqueeze(1)  # sample i holds the number i
+    y = torch.arange(100)
+    parts = call(train.shuffled_split, x, y, n_test=30, seed=0, what="shuffled_split(100, 30)")
+    x_tr, y_tr, x_te, y_te = parts
+    if (len(x_tr), len(x_te)) != (70, 30) or not (torch.equal(x_tr[:, 0].long(), y_tr)
+                                                   and torch.equal(x_te[:, 0].long(), y_te)):
+        fail(f"shuffled_split of 100 samples with n_test=30 gave {len(x_tr)} training and "
+             f"{len(x_te)} test samples, or separated images from their labels; expected "
+             f"70 and 30 (image, label) pairs.")
+    if sorted(y_tr.tolist() + y_te.tolist()) != list(range(100)):
+        fail("shuffled_split put some samples in both parts (or in neither). A test sample "
+             "that was also trained on makes the test accuracy a lie.")
+    again = call(train.shuffled_split, x, y, n_test=30, seed=0, what="shuffled_split again")
+    other = call(train.shuffled_split, x, y, n_test=30, seed=1, what="shuffled_split, seed 1")
+    if not torch.equal(again[3], y_te):
+        fail("Two calls of shuffled_split with seed 0 held out different samples. The split "
+             "must depend on the seed alone, so that every run tests on the same samples.")
+    if torch.equal(other[3], y_te) or torch.equal(y_te, torch.arange(70, 100)):
+        fail("shuffled_split holds out the same samples whatever the seed (or no shuffle at "
+             "all): data files are often sorted by class, so an unshuffled tail is one class.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_model_is_not_linear", "test_overfits_one_batch",
+                      "test_fit_reports_the_cross_entropy_of_every_step")
 def test_learns_two_spirals(device):
     """fit() trains MLP(in_features=2, num_classes=2) to separate two interleaved spirals."""
     x, y = data.spirals(n=200, seed=0)
@@ -166,6 +450,9 @@ def test_learns_two_spirals(device):
         "near 50-70%.")
 
 
+@pytest.mark.trains
+@pytest.mark.requires("test_forward_shape_any_batch_size", "test_overfits_one_batch",
+                      "test_fit_reports_the_cross_entropy_of_every_step")
 def test_reaches_accuracy_on_real_digits(device):
     """fit() reaches a measured test accuracy on 1,000 held-out real MNIST digits."""
     x_train, y_train, x_test, y_test = data.mnist_subset(n_train=4000, n_test=1000, seed=0)
@@ -187,9 +474,13 @@ def test_accuracy_matches_sklearn(case):
     logits, targets, _ = case
     got = call(metrics.accuracy, logits, targets,
                what=f"accuracy() on logits of shape {tuple(logits.shape)} (B, C)",
-               why="Each row of logits holds the C scores of one sample.")
+               why="Each row of logits holds the C scores of one sample: the predictions are "
+                   "one class per row, shaped (B,) like the targets.")
     expected = skm.accuracy_score(targets.numpy(), logits.numpy().argmax(axis=1))
-    if abs(got - expected) > 1e-6:
+    if not isinstance(got, float):
+        fail(f"accuracy() returned a {type(got).__name__}; expected a Python float, ready to "
+             f"print or log.")
+    if not abs(got - expected) <= 1e-6:  # also fails on NaN
         fail(f"accuracy() returned {got:.4f} for {len(targets)} samples and {logits.shape[1]} "
              f"classes; scikit-learn says {expected:.4f}. A sample's prediction is its best "
              f"class: the largest score across the classes of its own row.")
@@ -230,7 +521,94 @@ def test_macro_f1_matches_sklearn(case):
     got = call(metrics.macro_f1, cm, what="macro_f1()")
     expected = skm.f1_score(actual.numpy(), predicted.numpy(), labels=list(range(c)),
                             average="macro", zero_division=0)
-    if abs(got - expected) > 1e-6:
+    if not isinstance(got, float):
+        fail(f"macro_f1() returned a {type(got).__name__}; expected a Python float, ready to "
+             f"print or log.")
+    if not abs(got - expected) <= 1e-6:  # also fails on NaN
         fail(f"macro_f1() returned {got:.4f}; scikit-learn's macro F1 is {expected:.4f}. "
              f"Macro averaging means: compute F1 for each class on its own, then average those "
              f"scores, so that every class counts the same however rare it is.")
+
+
+# --- the script ------------------------------------------------------------------------
+
+
+def digits_for_the_script(dataset, root=None, download=False):
+    """What load_digits("offline") returns, from the harness's cached copy (fast)."""
+    return data.mnist_subset(n_train=4000, n_test=1000, seed=0)
+
+
+def run_script(argv: list[str]) -> int | str | None:
+    """train.main(argv); the exit code if it stops with SystemExit, else None."""
+    try:
+        train.main(argv)
+    except SystemExit as exc:
+        return exc.code
+    except Exception as exc:  # noqa: BLE001 - a traceback is the finding
+        fail(f"train.py {' '.join(argv)} raised {type(exc).__name__}: {exc}. Expected one "
+             f"clear line and a non-zero exit status for a mistake in the command or a missing "
+             f"file, never a traceback.")
+    return None
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_forward_shape_any_batch_size", "test_accuracy_matches_sklearn",
+                      "test_confusion_matrix_matches_sklearn",
+                      "test_fit_reports_the_cross_entropy_of_every_step")
+def test_dry_run_trains_quietly_and_says_its_accuracy_means_nothing(
+        device, capsys, monkeypatch, tmp_path):
+    """`python train.py --dry-run` trains briefly, prints metrics, says they mean nothing."""
+    monkeypatch.setattr(train.resolve(), "load_digits", digits_for_the_script)
+    monkeypatch.chdir(tmp_path)
+    argv = ["--dry-run", "--device", device.type]
+    code = run_script(argv)
+    out, err = capsys.readouterr()
+    if code not in (None, 0) or "test accuracy" not in out:
+        fail(f"train.py {' '.join(argv)} exited with {code!r} and printed {out.strip()!r}; "
+             f"expected it to train briefly and print the test accuracy and macro F1.")
+    if "means nothing" not in out:
+        fail("train.py --dry-run printed an accuracy without saying that it means nothing. A "
+             "dry run checks the plumbing on a sliver of the data; its accuracy must not be "
+             "mistaken for a result.")
+    if "it/s" in err or "epoch 1/" in err:
+        fail("train.py drew a progress bar although its output is not a terminal. In a log "
+             "file or a pipe, every update of a bar becomes another line of noise: tqdm must "
+             "be disabled when sys.stderr is not a terminal.")
+    if any(tmp_path.iterdir()):
+        fail(f"train.py --dry-run wrote {sorted(p.name for p in tmp_path.iterdir())} into the "
+             f"current directory; a dry run on the offline digits writes nothing.")
+
+
+@pytest.mark.trains
+def test_script_rejects_nonsense_arguments(capsys):
+    """Zero or negative epochs, batch size or lr, and unknown devices: one line and exit 2."""
+    cases = [["--epochs", "0"], ["--epochs", "-3"], ["--batch-size", "0"], ["--lr", "0"],
+             ["--lr", "-0.1"], ["--device", "gpu"], ["--dataset", "cifar10"]]
+    if not torch.cuda.is_available():
+        cases.append(["--device", "cuda"])
+    for argv in cases:
+        code = run_script(argv)
+        lines = capsys.readouterr().err.strip().splitlines()
+        if code is None:
+            fail(f"train.py {' '.join(argv)} ran to the end. Expected argparse to refuse the "
+                 f"value with one line and exit status 2: epochs, batch size and learning "
+                 f"rate must be greater than 0, and the device one this machine has.")
+        if code != 2 or not lines or "error:" not in lines[-1]:
+            fail(f"train.py {' '.join(argv)} exited with {code!r} and printed "
+                 f"{chr(10).join(lines)!r}; expected argparse's usage and one 'error:' line, "
+                 f"exit status 2.")
+
+
+@pytest.mark.trains
+def test_script_stays_offline_unless_asked_to_download(capsys, tmp_path):
+    """--dataset mnist without --download, with no MNIST on disk: one line, non-zero exit."""
+    argv = ["--dataset", "mnist", "--data", str(tmp_path / "data")]
+    code = run_script(argv)
+    message = str(code) + capsys.readouterr().err
+    if code in (None, 0) or "--download" not in message:
+        fail(f"train.py {' '.join(argv)} exited with {code!r}; expected it to stop with one "
+             f"line that says the data is missing and that --download fetches it. Nothing "
+             f"may go to the network unless the user asks for it.")
+    if any(tmp_path.iterdir()):
+        fail(f"train.py {' '.join(argv)} created {sorted(p.name for p in tmp_path.iterdir())} "
+             f"although it was not allowed to download.")

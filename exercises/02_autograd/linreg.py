@@ -45,11 +45,21 @@ def fit_linear(
     return w.detach(), b.detach(), losses
 
 
-def main() -> None:
+def positive(kind: type):
+    """argparse type: a number of ``kind`` (int or float) greater than zero."""
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a number greater than 0, got {text}")
+        return value
+    return parse
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lr", type=float, default=0.1, help="default: %(default)s")
-    parser.add_argument("--steps", type=int, default=200, help="default: %(default)s")
-    args = parser.parse_args()
+    parser.add_argument("--lr", type=positive(float), default=0.1, help="default: %(default)s")
+    parser.add_argument("--steps", type=positive(int), default=200, help="default: %(default)s")
+    args = parser.parse_args(argv)
 
     x, y = make_data()
     w, b, losses = fit_linear(x, y, lr=args.lr, steps=args.steps)

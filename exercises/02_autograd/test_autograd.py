@@ -4,13 +4,16 @@ Each test checks one property. Read the failure message first: it says what was 
 what the code did instead, and why it matters.
 """
 
+import re
+
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from torch.nn import functional as F
 
 from torchkata import data, under_test
-from torchkata.checks import assert_accuracy_at_least, call, fail
+from torchkata.checks import assert_accuracy_at_least, assert_finite, call, fail
 
 grads = under_test("grads")
 linreg = under_test("linreg")
@@ -50,6 +53,7 @@ def test_hand_written_mse_gradients_match_autograd(device, n, d, seed):
                               what=f"linear_mse_grads on x {(n, d)}")
     for name, mine, auto in (("dL/dw", grad_w, w.grad), ("dL/db", grad_b, b.grad)):
         mine = torch.as_tensor(mine).cpu().double()
+        assert_finite(mine, f"The hand-written {name}")
         if mine.shape != auto.shape:
             fail(f"linear_mse_grads returned {name} of shape {tuple(mine.shape)}; the gradient "
                  f"of a loss with respect to a parameter has the parameter's shape, "
@@ -69,7 +73,8 @@ def test_hand_written_mse_gradients_match_autograd(device, n, d, seed):
 def test_custom_sigmoid_forward_matches_torch(device):
     """Sigmoid.apply(z) equals torch.sigmoid(z), without NaN even for z = -1000 or +1000."""
     z = torch.tensor([-1000.0, -30.0, -1.0, 0.0, 0.5, 30.0, 1000.0], device=device)
-    got = call(grads.sigmoid, z, what="sigmoid (the custom autograd Function)")
+    got = call(grads.Sigmoid.apply, z, what="Sigmoid.apply (the custom autograd Function)")
+    assert_finite(got, f"sigmoid({z.tolist()})")
     if not torch.allclose(got.cpu(), torch.sigmoid(z).cpu(), atol=1e-7):
         fail(f"sigmoid({z.tolist()}) returned {got.tolist()}, expected "
              f"{torch.sigmoid(z).tolist()}.")
@@ -78,14 +83,14 @@ def test_custom_sigmoid_forward_matches_torch(device):
 def test_custom_sigmoid_backward_passes_gradcheck(device):
     """gradcheck in float64: the hand-written backward agrees with finite differences."""
     z = seeded(6, seed=0).mul(3).to(device).requires_grad_()
-    passed = call(torch.autograd.gradcheck, grads.sigmoid, (z,), eps=1e-6, atol=1e-6,
+    passed = call(torch.autograd.gradcheck, grads.Sigmoid.apply, (z,), eps=1e-6, atol=1e-6,
                   raise_exception=False, what="torch.autograd.gradcheck(sigmoid, z)",
                   why="Sigmoid.backward must return one gradient per input of forward, "
                       "shaped like that input.")
     if passed:
         return
     weights = torch.arange(1.0, 7.0, dtype=torch.float64, device=device)
-    (grads.sigmoid(z) * weights).sum().backward()
+    (grads.Sigmoid.apply(z) * weights).sum().backward()
     mine = z.grad.cpu()
     z2 = z.detach().clone().requires_grad_()
     (torch.sigmoid(z2) * weights).sum().backward()
@@ -108,11 +113,64 @@ def known_line(device, noise: float = 0.01):
     return x.to(device), y.to(device), w_true, b_true
 
 
+def linear_gd_oracle(x, y, lr, steps):
+    """Plain gradient descent on the mean squared error in float64, gradient by hand.
+
+    Returns w, b after ``steps`` steps and the loss before each step.
+    """
+    x, y = x.double().cpu(), y.double().cpu()
+    w, b = torch.zeros(x.shape[1], dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    losses = []
+    for _ in range(steps):
+        residual = x @ w + b - y  # (N,)
+        losses.append(residual.pow(2).mean().item())
+        w, b = w - lr * 2 * x.T @ residual / len(x), b - lr * 2 * residual.mean()
+    return w, b, losses
+
+
+def test_fit_linear_is_plain_gradient_descent(device):
+    """With lr=0.05, after 1 and after 3 steps, w and b equal those of w <- w - lr * dL/dw."""
+    x, y, _, _ = known_line(device)
+    for steps in (1, 3):
+        w, b, _ = call(linreg.fit_linear, x, y, lr=0.05, steps=steps,
+                       what=f"fit_linear(x (200, 3), y, lr=0.05, steps={steps})", why=LEAF_HINT)
+        assert_finite(torch.as_tensor(w), f"w from fit_linear(steps={steps})")
+        w_ok, b_ok, _ = linear_gd_oracle(x, y, 0.05, steps)
+        if not (torch.allclose(w.detach().cpu().double(), w_ok, atol=1e-5)
+                and abs(b.item() - b_ok.item()) < 1e-5):
+            fail(f"After {steps} step(s) of fit_linear(lr=0.05) from w = 0, b = 0, the weights "
+                 f"are w = {[round(v, 4) for v in w.tolist()]}, b = {b.item():.4f}; {steps} "
+                 f"step(s) of gradient descent on the mean squared error give "
+                 f"{[round(v, 4) for v in w_ok.tolist()]}, {b_ok.item():.4f}. Each step must "
+                 f"move w and b by lr (the lr it is given) times their gradient, against it.")
+
+
+@pytest.mark.requires("test_fit_linear_is_plain_gradient_descent")
+def test_fit_linear_reports_the_loss_before_each_step(device):
+    """steps=4 gives 4 losses: the mean squared error before each update, as Python floats."""
+    x, y, _, _ = known_line(device)
+    _, _, losses = call(linreg.fit_linear, x, y, lr=0.05, steps=4,
+                        what="fit_linear(x (200, 3), y, lr=0.05, steps=4)", why=LEAF_HINT)
+    expected = linear_gd_oracle(x, y, 0.05, 4)[2]
+    if len(losses) != 4:
+        fail(f"fit_linear(steps=4) returned {len(losses)} losses; expected 4, one per step.")
+    assert_finite(torch.tensor([float(v) for v in losses]), "The losses fit_linear returned")
+    for k, (got, want) in enumerate(zip(losses, expected)):
+        if abs(float(got) - want) > 1e-4 * max(1.0, want):
+            fail(f"fit_linear reported {float(got):.4f} as the loss of step {k + 1}; the mean "
+                 f"squared error of w and b before that step is {want:.4f}"
+                 + (" (with w = 0 and b = 0, it is mean(y^2))" if k == 0 else "") + ". The "
+                 "losses must be the ones being minimised, taken before each update.")
+
+
+@pytest.mark.requires("test_fit_linear_is_plain_gradient_descent")
 def test_fit_linear_recovers_known_weights(device):
     """On y = x @ [2, -3, 0.5] + 1 + small noise, gradient descent finds those numbers."""
     x, y, w_true, b_true = known_line(device)
     w, b, losses = call(linreg.fit_linear, x, y, lr=0.1, steps=200,
                         what="fit_linear(x (200, 3), y, lr=0.1, steps=200)", why=LEAF_HINT)
+    assert_finite(torch.cat([torch.as_tensor(w).flatten().cpu(), b.reshape(1).cpu()]),
+                  "w and b from fit_linear")
     error = max((w.cpu() - w_true).abs().max().item(), abs(b.item() - b_true))
     if error > 0.02:
         fail(f"fit_linear found w = {[round(v, 3) for v in w.tolist()]}, b = {b.item():.3f}; "
@@ -137,7 +195,52 @@ def test_fit_linear_returns_plain_tensors(device):
 
 # --- logistic regression on real data --------------------------------------------------
 
+WORKED_X = [[2.0, 0.0], [0.0, -1.0], [1.0, 1.0], [3.0, -2.0]]  # with w = [1, 2], b = -1
 
+
+def worked_example(device):
+    x = torch.tensor(WORKED_X, device=device)
+    return x, torch.tensor([1.0, 2.0], device=device), torch.tensor(-1.0, device=device)
+
+
+def test_logits_are_x_at_w_plus_b(device):
+    """logits(x, w, b) is one raw score per row: x @ w + b, shape (N,)."""
+    x, w, b = worked_example(device)
+    got = call(logreg.logits, x, w, b, what="logits(x (4, 2), w (2,), b ())")
+    if tuple(got.shape) != (4,) or not torch.allclose(got.cpu(), torch.tensor([1.0, -3, 2, -2])):
+        fail(f"logits(x, w, b) for x = {WORKED_X}, w = [1, 2], b = -1 returned "
+             f"{got.tolist()}; expected one score per row, x @ w + b = [1, -3, 2, -2].")
+
+
+@pytest.mark.requires("test_logits_are_x_at_w_plus_b")
+def test_predict_proba_is_the_sigmoid_of_the_logits(device):
+    """predict_proba is sigmoid(x @ w + b): the probability of class 1, in [0, 1]."""
+    x, w, b = worked_example(device)
+    got = call(logreg.predict_proba, x, w, b, what="predict_proba(x (4, 2), w (2,), b ())")
+    expected = torch.sigmoid(torch.tensor([1.0, -3, 2, -2]))
+    assert_finite(got, "predict_proba's output")
+    if tuple(got.shape) != (4,) or not torch.allclose(got.cpu(), expected, atol=1e-6):
+        fail(f"predict_proba for logits [1, -3, 2, -2] returned {got.tolist()}; expected "
+             f"sigmoid of each logit, {[round(v, 4) for v in expected.tolist()]}: a positive "
+             f"logit means class 1 is more likely than not.")
+
+
+@pytest.mark.requires("test_predict_proba_is_the_sigmoid_of_the_logits")
+def test_accuracy_of_a_worked_example(device):
+    """Predicted class 1 where the probability is at least 0.5 (a logit of exactly 0 too)."""
+    x = torch.tensor([[2.0], [-1.0], [0.0], [3.0], [-2.0]], device=device)
+    w, b = torch.ones(1, device=device), torch.zeros((), device=device)
+    y = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0], device=device)
+    got = call(logreg.accuracy, x, y, w, b, what="accuracy on 5 rows")
+    if not isinstance(got, float) or abs(got - 0.6) > 1e-6:
+        fail(f"accuracy for logits [2, -1, 0, 3, -2] (probabilities 0.88, 0.27, 0.5, 0.95, "
+             f"0.12) against labels [1, 1, 1, 0, 0] returned {got!r}; expected the float 0.6: "
+             f"rows 1, 3 and 5 are right. A row is predicted as class 1 when its probability "
+             f"is at least 0.5, as the docstring says.")
+
+
+
+@pytest.mark.requires("test_logits_are_x_at_w_plus_b")
 def test_bce_loss_is_the_cross_entropy_of_the_probabilities(device):
     """bce_loss = mean of -[y log p + (1 - y) log(1 - p)] with p = sigmoid(x @ w + b)."""
     x, y, _, _ = data.breast_cancer()
@@ -148,12 +251,14 @@ def test_bce_loss_is_the_cross_entropy_of_the_probabilities(device):
     got = call(logreg.bce_loss, x.to(device), y.to(device), w.to(device), b.to(device),
                what="bce_loss on 64 biopsies",
                why="logits() returns raw scores: any real number, not probabilities.")
+    assert_finite(got, "bce_loss on 64 biopsies")
     if abs(got.item() - expected) > 1e-6:
         fail(f"bce_loss returned {got.item():.4f}, but the binary cross-entropy of "
              f"predict_proba's probabilities is {expected:.4f}. Check what the loss function "
              f"receives and what it expects: probabilities or logits.")
 
 
+@pytest.mark.requires("test_logits_are_x_at_w_plus_b")
 def test_bce_loss_is_exact_for_confident_mistakes(device):
     """Logits of +-30 and +-50 on the wrong side cost 30 and 50 each, also in float32."""
     x = torch.tensor([[30.0], [-30.0], [50.0], [-50.0]], device=device)
@@ -161,7 +266,7 @@ def test_bce_loss_is_exact_for_confident_mistakes(device):
     w, b = torch.ones(1, device=device), torch.zeros((), device=device)
     got = call(logreg.bce_loss, x, y, w, b, what="bce_loss on logits [30, -30, 50, -50]",
                why="logits() returns raw scores: any real number, not probabilities.").item()
-    if abs(got - 40.0) > 1e-3:
+    if not abs(got - 40.0) <= 1e-3:  # also fails on NaN
         fail(f"bce_loss on four confident mistakes (logits 30, -30, 50, -50 against labels "
              f"0, 1, 0, 1) is {got:.3f}; exactly it is mean(30, 30, 50, 50) = 40. In float32, "
              f"sigmoid(30) rounds to exactly 1, so a loss computed from probabilities takes "
@@ -170,30 +275,39 @@ def test_bce_loss_is_exact_for_confident_mistakes(device):
 
 
 def gd_oracle(x, y, lr, steps):
-    """Plain gradient descent on the mean BCE in float64, with the gradient derived by hand."""
+    """Plain gradient descent on the mean BCE in float64, with the gradient derived by hand.
+
+    Returns w, b after ``steps`` steps and the loss before each step.
+    """
     w, b = torch.zeros(x.shape[1], dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    losses = []
     for _ in range(steps):
-        error = torch.sigmoid(x @ w + b) - y  # (N,): dL/dz * N
+        z = x @ w + b  # (N,)
+        losses.append(F.binary_cross_entropy_with_logits(z, y).item())
+        error = torch.sigmoid(z) - y  # (N,): dL/dz * N
         w, b = w - lr * x.T @ error / len(x), b - lr * error.mean()
-    return w, b
+    return w, b, losses
 
 
+@pytest.mark.requires("test_bce_loss_is_the_cross_entropy_of_the_probabilities")
 def test_train_logistic_is_plain_gradient_descent(device):
-    """After 1 and after 3 steps, w and b equal those of w <- w - lr * dL/dw from zero."""
+    """With lr=0.2, after 1 and after 3 steps, w and b equal w <- w - lr * dL/dw from zero."""
     x, y, _, _ = data.breast_cancer()
     x, y = x[:100].double(), y[:100].double()
     results = {}
     for steps in (1, 3):
-        w, b, _ = call(logreg.train_logistic, x.to(device), y.to(device), lr=0.5, steps=steps,
-                       what=f"train_logistic(x (100, 30), y, lr=0.5, steps={steps})",
+        w, b, _ = call(logreg.train_logistic, x.to(device), y.to(device), lr=0.2, steps=steps,
+                       what=f"train_logistic(x (100, 30), y, lr=0.2, steps={steps})",
                        why=UPDATE_HINT)
-        w_ok, b_ok = gd_oracle(x, y, 0.5, steps)
+        assert_finite(torch.as_tensor(w), f"w from train_logistic(steps={steps})")
+        w_ok, b_ok, _ = gd_oracle(x, y, 0.2, steps)
         results[steps] = torch.allclose(w.detach().cpu(), w_ok, atol=1e-8) and abs(
             b.item() - b_ok.item()) < 1e-8
     if not results[1]:
-        fail("After one step from w = 0, b = 0, train_logistic's weights differ from one step "
-             "of gradient descent on the mean binary cross-entropy. Check the loss and that "
-             "the step goes against the gradient.")
+        fail("After one step from w = 0, b = 0, train_logistic(lr=0.2)'s weights differ from "
+             "one step of gradient descent on the mean binary cross-entropy. Check the loss, "
+             "that the step goes against the gradient, and that it is lr (the lr it is given) "
+             "times the gradient.")
     if not results[3]:
         fail("The first step of train_logistic is right, but after three steps its weights "
              "differ from three steps of gradient descent. Each step must use the gradient "
@@ -201,6 +315,45 @@ def test_train_logistic_is_plain_gradient_descent(device):
              "its gradient?")
 
 
+@pytest.mark.requires("test_train_logistic_is_plain_gradient_descent")
+def test_train_logistic_reports_the_loss_before_each_step(device):
+    """steps=4 gives 4 losses: the mean BCE before each update (ln 2 first, from w = 0)."""
+    x, y, _, _ = data.breast_cancer()
+    x, y = x[:100].double(), y[:100].double()
+    _, _, losses = call(logreg.train_logistic, x.to(device), y.to(device), lr=0.2, steps=4,
+                        what="train_logistic(x (100, 30), y, lr=0.2, steps=4)", why=UPDATE_HINT)
+    expected = gd_oracle(x, y, 0.2, 4)[2]
+    if len(losses) != 4:
+        fail(f"train_logistic(steps=4) returned {len(losses)} losses; expected 4, one per step.")
+    assert_finite(torch.tensor([float(v) for v in losses]), "The losses train_logistic returned")
+    for k, (got, want) in enumerate(zip(losses, expected)):
+        if abs(float(got) - want) > 1e-6:
+            fail(f"train_logistic reported {float(got):.4f} as the loss of step {k + 1}; the "
+                 f"mean binary cross-entropy before that step is {want:.4f}"
+                 + (" (with w = 0 every probability is 0.5: ln 2)" if k == 0 else "") + ". The "
+                 "losses must be the ones being minimised, taken before each update.")
+
+
+def test_train_logistic_returns_plain_tensors(device):
+    """The trained w and b carry no autograd history; the losses are Python floats."""
+    x, y, _, _ = data.breast_cancer()
+    w, b, losses = call(logreg.train_logistic, x[:50].to(device), y[:50].to(device), lr=0.2,
+                        steps=2, what="train_logistic(x (50, 30), y, lr=0.2, steps=2)",
+                        why=UPDATE_HINT)
+    for name, t in (("w", w), ("b", b)):
+        if not isinstance(t, torch.Tensor) or t.requires_grad:
+            fail(f"train_logistic returned {name} that still requires grad (or is not a "
+                 f"tensor). Trained parameters handed to other code should be cut out of the "
+                 f"graph: otherwise every use records new graph nodes, and .numpy() refuses "
+                 f"them.")
+    if not all(isinstance(v, float) for v in losses):
+        fail("train_logistic's losses are not all Python floats: a list of loss tensors keeps "
+             "every step's graph alive.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_train_logistic_is_plain_gradient_descent",
+                      "test_bce_loss_is_exact_for_confident_mistakes")
 def test_logistic_regression_diagnoses_tumours(device):
     """Trained on 427 real biopsies, the model labels at least 93% of 142 held-out ones."""
     x_train, y_train, x_test, y_test = data.breast_cancer(seed=0)
@@ -210,3 +363,83 @@ def test_logistic_regression_diagnoses_tumours(device):
     assert_accuracy_at_least(correct.float().mean().item(), 0.93,
                              "logistic regression on held-out biopsies",
                              "If the earlier tests pass, look at the update and the loss.")
+
+
+# --- the data and the scripts ----------------------------------------------------------
+
+
+@pytest.mark.trains
+def test_load_data_standardises_with_training_statistics():
+    """A quarter held out, no overlap, same every time; scaled by the training split's stats."""
+    parts = call(logreg.load_data, seed=0, what="load_data(seed=0)")
+    x_train, y_train, x_test, y_test = parts
+    if (len(x_train), len(y_train), len(x_test), len(y_test)) != (427, 427, 142, 142):
+        fail(f"load_data gave {len(x_train)} training and {len(x_test)} test biopsies; "
+             f"expected 427 and 142: a quarter of the 569 held out, each once.")
+    assert_finite(torch.cat([x_train, x_test]), "The features from load_data")
+    mean, std = x_train.mean(dim=0), x_train.std(dim=0)
+    if not (mean.abs().max() < 1e-4 and (std - 1).abs().max() < 1e-4):
+        fail(f"The training features from load_data have means up to {mean.abs().max():.3g} "
+             f"and standard deviations from {std.min():.3g} to {std.max():.3g}; standardised "
+             f"with the training split's own statistics they would be 0 and 1. The statistics "
+             f"must come from the training split only: what the model is tested on may not "
+             f"leak into what it learns from.")
+    if x_test.mean(dim=0).abs().max() < 1e-4:
+        fail("The test features from load_data have a mean of exactly 0: they were scaled "
+             "with their own statistics. The test split must be scaled with the training "
+             "split's mean and standard deviation, as new data would be.")
+    shared = torch.cdist(x_test.double(), x_train.double()).min().item()
+    if shared < 1e-9:
+        fail("A biopsy is in both the training and the test split of load_data: the test "
+             "accuracy then measures memory, not diagnosis.")
+    again = call(logreg.load_data, seed=0, what="load_data(seed=0) again")
+    other = call(logreg.load_data, seed=1, what="load_data(seed=1)")
+    if not torch.equal(again[3], y_test) or not torch.equal(again[2], x_test):
+        fail("Two calls of load_data(seed=0) held out different biopsies: the split must "
+             "depend on the seed alone, so that results can be compared between runs.")
+    if torch.equal(other[2], x_test):
+        fail("load_data(seed=1) held out the same biopsies as seed=0: the seed must decide "
+             "the split.")
+
+
+def run_script(module, argv: list[str]):
+    """module.main(argv); the exit code if it stops with SystemExit, else None."""
+    try:
+        module.main(argv)
+    except SystemExit as exc:
+        return exc.code
+    except Exception as exc:  # noqa: BLE001 - a traceback is the finding
+        fail(f"{module.resolve().__name__}.py {' '.join(argv)} raised {type(exc).__name__}: "
+             f"{exc}. Expected argparse to refuse a nonsensical value with one line and exit "
+             f"status 2, never a traceback.")
+    return None
+
+
+@pytest.mark.trains
+def test_scripts_reject_nonsense_arguments(capsys):
+    """linreg.py and logreg.py refuse a zero or negative lr or step count: one line, exit 2."""
+    for module, name in ((linreg, "linreg.py"), (logreg, "logreg.py")):
+        for argv in (["--lr", "0"], ["--lr", "-0.5"], ["--steps", "0"], ["--steps", "-3"]):
+            code = run_script(module, argv)
+            lines = capsys.readouterr().err.strip().splitlines()
+            if code != 2 or not lines or "error:" not in lines[-1]:
+                fail(f"{name} {' '.join(argv)} exited with {code!r} and printed "
+                     f"{chr(10).join(lines)!r}; expected argparse's usage and one 'error:' "
+                     f"line, exit status 2. A learning rate and a number of steps must be "
+                     f"greater than 0: with 0 steps there is no loss to print, and a "
+                     f"negative lr climbs the loss.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_fit_linear_recovers_known_weights",
+                      "test_fit_linear_reports_the_loss_before_each_step")
+def test_linreg_script_prints_the_recovered_weights(capsys):
+    """`python linreg.py` prints the loss going down and w, b close to [2, -3, 0.5] and 1."""
+    run_script(linreg, [])
+    out = capsys.readouterr().out
+    found = re.search(r"w = \[([^\]]*)\]", out)
+    if not found or "loss" not in out:
+        fail(f"linreg.py printed {out.strip()!r}; expected the loss and the fitted w and b.")
+    w = [float(v) for v in found[1].split(",")]
+    if len(w) != 3 or max(abs(a - t) for a, t in zip(w, (2.0, -3.0, 0.5))) > 0.05:
+        fail(f"linreg.py printed w = {w}; the data were made with w = [2, -3, 0.5].")

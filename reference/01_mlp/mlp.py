@@ -5,7 +5,8 @@ from torch import nn
 
 
 class MLP(nn.Module):
-    """Three fully connected layers with ReLU between them.
+    """Three fully connected layers, in_features -> 512 -> 256 -> num_classes, with ReLU
+    between them.
 
     Input: images (B, 1, 28, 28) or flat vectors (B, in_features).
     Output: raw, unnormalised scores (logits) of shape (B, num_classes).

@@ -68,11 +68,21 @@ def load_data(seed: int = 0) -> tuple[torch.Tensor, ...]:
     return (x[train] - mean) / std, y[train], (x[test] - mean) / std, y[test]
 
 
-def main() -> None:
+def positive(kind: type):
+    """argparse type: a number of ``kind`` (int or float) greater than zero."""
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a number greater than 0, got {text}")
+        return value
+    return parse
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lr", type=float, default=0.5, help="default: %(default)s")
-    parser.add_argument("--steps", type=int, default=300, help="default: %(default)s")
-    args = parser.parse_args()
+    parser.add_argument("--lr", type=positive(float), default=0.5, help="default: %(default)s")
+    parser.add_argument("--steps", type=positive(int), default=300, help="default: %(default)s")
+    args = parser.parse_args(argv)
 
     x_train, y_train, x_test, y_test = load_data()
     w, b, losses = train_logistic(x_train, y_train, lr=args.lr, steps=args.steps)
