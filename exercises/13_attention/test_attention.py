@@ -1,0 +1,554 @@
+"""Exercise 13: scaled dot-product attention, multi-head self-attention, masks, a pre-norm block.
+
+Each test checks one property. Read the failure message first: it says what was expected,
+what the code did instead, and why it matters. The oracles are PyTorch's own
+``F.scaled_dot_product_attention`` and ``nn.MultiheadAttention``, run in float64 on the same
+weights as yours.
+"""
+
+import pytest
+import torch
+
+# The first optimizer (and nn.MultiheadAttention's mask check) imports torch._dynamo, seconds
+# on a busy machine: pay for it while the module loads, not inside one test's time budget.
+import torch._dynamo  # noqa: F401
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+from torch.nn import functional as F
+
+from torchkata import under_test
+from torchkata.checks import assert_close_to_oracle, assert_grads_flow, call, fail
+
+attention = under_test("attention")
+transformer = under_test("transformer")
+train = under_test("train")
+
+F64 = torch.float64
+DEFINITION = "Scaled dot-product attention is softmax(q k^T / sqrt(d)) v, d the width of q and k."
+PADDING = ("key_padding_mask follows nn.MultiheadAttention: True marks padding, keys that no "
+           "query may attend to. (A boolean attention mask, as in "
+           "F.scaled_dot_product_attention, says the opposite: True where attention is allowed.)")
+
+
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def randn(*shape: int, seed: int, device) -> torch.Tensor:
+    return torch.randn(*shape, generator=generator(seed), dtype=F64).to(device)
+
+
+def padding(lengths: list[int], length: int, device) -> torch.Tensor:
+    """(B, L) bool, True at the padding after each sequence's real tokens."""
+    return torch.arange(length, device=device) >= torch.tensor(lengths, device=device)[:, None]
+
+
+_shared: dict = {}
+
+
+def shared(make, *key):
+    """One ``make(*key)`` per key for the property tests (building one per example is slow)."""
+    if (make, *key) not in _shared:
+        torch.manual_seed(0)
+        _shared[(make, *key)] = make(*key)
+    return _shared[(make, *key)]
+
+
+def self_attention(dim: int, heads: int, device) -> nn.Module:
+    return transformer.MultiHeadSelfAttention(dim, heads).to(device, F64)
+
+
+def attention_and_twin(dim: int, heads: int, device) -> tuple[nn.Module, nn.Module]:
+    layer = self_attention(dim, heads, device)
+    return layer, torch_twin(layer, dim, heads, device)
+
+
+def torch_twin(layer: nn.Module, dim: int, heads: int, device) -> nn.MultiheadAttention:
+    """An nn.MultiheadAttention holding the same weights as ``layer`` (q, k, v, out)."""
+    twin = nn.MultiheadAttention(dim, heads, batch_first=True).to(device, F64)
+    with torch.no_grad():
+        twin.in_proj_weight.copy_(torch.cat([layer.q.weight, layer.k.weight, layer.v.weight]))
+        twin.in_proj_bias.copy_(torch.cat([layer.q.bias, layer.k.bias, layer.v.bias]))
+        twin.out_proj.weight.copy_(layer.out.weight)
+        twin.out_proj.bias.copy_(layer.out.bias)
+    return twin
+
+
+def future(length: int, device) -> torch.Tensor:
+    """nn.MultiheadAttention's causal attn_mask: True where a key is in the future (blocked)."""
+    return torch.ones(length, length, dtype=torch.bool, device=device).triu(1)
+
+
+def sdpa(q, k, v, mask=None):
+    what = f"scaled_dot_product_attention(q {tuple(q.shape)}, k {tuple(k.shape)}, v " \
+           f"{tuple(v.shape)}{', mask' if mask is not None else ''})"
+    result = call(attention.scaled_dot_product_attention, q, k, v, mask, what=what)
+    if not (isinstance(result, tuple) and len(result) == 2):
+        fail(f"{what} returned {type(result).__name__}; expected a pair (output, weights).")
+    return result
+
+
+# --- scaled dot-product attention ----------------------------------------------------------
+
+
+@st.composite
+def attention_inputs(draw):
+    """(q, k, v, mask or None) in float64 with lead dims (B, H), widths d and dv."""
+    batch, heads = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    queries, keys = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    d, dv = draw(st.sampled_from([1, 2, 4, 8, 16, 32])), draw(st.integers(1, 5))
+    seed = draw(st.integers(0, 2**16))
+    g = generator(seed)
+    q = torch.randn(batch, heads, queries, d, generator=g, dtype=F64) * 2
+    k = torch.randn(batch, heads, keys, d, generator=g, dtype=F64) * 2
+    v = torch.randn(batch, heads, keys, dv, generator=g, dtype=F64)
+    mask = None
+    if draw(st.booleans()):
+        mask = torch.rand(batch, 1, queries, keys, generator=g) < 0.6
+        mask[..., torch.randint(keys, (1,), generator=g)] = True  # every query keeps a key
+    return q, k, v, mask
+
+
+@given(case=attention_inputs())
+def test_attention_matches_torch_sdpa(device, case):
+    """The output equals F.scaled_dot_product_attention's for any batch, heads, lengths, widths."""
+    q, k, v, mask = (t.to(device) if t is not None else None for t in case)
+    out, weights = sdpa(q, k, v, mask)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert_close_to_oracle(out, expected, f"attention output for q {tuple(q.shape)}, k "
+                           f"{tuple(k.shape)}, v {tuple(v.shape)}"
+                           f"{' with a mask' if mask is not None else ''}", DEFINITION)
+    if tuple(weights.shape) != (*q.shape[:-1], k.shape[-2]):
+        fail(f"The weights have shape {tuple(weights.shape)}; expected "
+             f"{(*q.shape[:-1], k.shape[-2])}: one weight per (query, key) pair.")
+
+
+def test_attention_weights_are_a_distribution_over_keys(device):
+    """For every query, the weights are >= 0 and sum to one over the keys (the last axis)."""
+    q, k, v = randn(2, 3, 4, seed=1, device=device), randn(2, 5, 4, seed=2, device=device), \
+        randn(2, 5, 3, seed=3, device=device)  # 3 queries, 5 keys
+    _, weights = sdpa(q, k, v)
+    if tuple(weights.shape) != (2, 3, 5):
+        fail(f"With 3 queries and 5 keys the weights have shape {tuple(weights.shape)}; "
+             f"expected (2, 3, 5): batch, queries, keys.")
+    if not torch.isfinite(weights).all() or (weights < 0).any():
+        fail("Some weights are negative, inf or NaN; expected probabilities.")
+    sums = weights.sum(dim=-1)
+    if not torch.allclose(sums, torch.ones_like(sums)):
+        over_queries = torch.allclose(weights.sum(dim=-2), torch.ones_like(weights[:, 0]))
+        seen = " They sum to one over the queries (dim -2) instead." if over_queries else ""
+        fail(f"The weights of the 3 queries sum to {[round(x, 3) for x in sums[0].tolist()]} "
+             f"over the 5 keys; expected 1 "
+             f"for every query.{seen} The scores are (queries, keys): row i says how much "
+             f"query i takes from each key, and its output is that weighted average of the "
+             f"values. Normalised any other way, a query's output depends on the other "
+             f"queries, and in a decoder on the future.")
+
+
+@pytest.mark.requires("test_attention_weights_are_a_distribution_over_keys")
+@pytest.mark.parametrize("d", [4, 16, 64])
+def test_scores_are_scaled_by_the_square_root_of_the_key_width(device, d):
+    """Two keys whose dot products with the query are sqrt(d) and 0 get sigmoid(1), sigmoid(-1)."""
+    q = torch.full((1, 1, d), d ** -0.5, dtype=F64, device=device)  # q . ones(d) = sqrt(d)
+    k = torch.stack([torch.ones(d, dtype=F64), torch.zeros(d, dtype=F64)])[None].to(device)
+    v = torch.eye(2, dtype=F64, device=device)[None]
+    _, weights = sdpa(q, k, v)
+    expected = torch.tensor([1.0, -1.0], dtype=F64).sigmoid()  # 0.731, 0.269
+    got = weights.detach().reshape(-1).cpu()
+    if got.shape != (2,) or not torch.allclose(got, expected, atol=1e-6):
+        fail(f"With key width d={d}, a query whose dot products with two keys are "
+             f"{d ** 0.5:g} and 0 got the weights {[round(w, 4) for w in got.tolist()]}; "
+             f"expected [0.7311, 0.2689] for every d. {DEFINITION} Dot products of random "
+             f"width-d vectors grow like sqrt(d): unscaled, the softmax of a wide head "
+             f"saturates to one-hot weights, and their gradients vanish.")
+
+
+@pytest.mark.requires("test_attention_weights_are_a_distribution_over_keys")
+def test_masked_keys_get_zero_weight(device):
+    """Where the mask is False, the weight is exactly 0; the allowed keys share all of it."""
+    q, k, v = (randn(2, 4, 3, seed=s, device=device) for s in (1, 2, 3))
+    mask = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0], [1, 0, 1, 1]],
+                        dtype=torch.bool, device=device)  # (4 queries, 4 keys)
+    _, weights = sdpa(q, k, v, mask)
+    leaked = weights.detach()[:, ~mask].abs().max().item()
+    if not leaked == 0:  # NaN compares False: fails too
+        fail(f"Keys the mask forbids got weights up to {leaked:.3g}; expected exactly 0. The "
+             f"softmax gives every finite score, 0 included, a weight exp(score) > 0: a "
+             f"forbidden key needs a score that no exp() turns into a positive weight.")
+    sums = weights.detach().sum(dim=-1)
+    if not torch.allclose(sums, torch.ones_like(sums)):
+        fail(f"With a mask, the 4 queries' weights sum to "
+             f"{[round(x, 3) for x in sums[0].tolist()]}; expected 1 for each: the "
+             f"allowed keys share the whole weight.")
+
+
+def test_causal_mask_allows_the_past_and_the_present_only(device):
+    """causal_mask(L)[i, j] is True exactly when j <= i, as a (L, L) bool tensor."""
+    for length in (1, 2, 4, 7):
+        got = call(attention.causal_mask, length, device, what=f"causal_mask({length})")
+        if got.dtype != torch.bool or tuple(got.shape) != (length, length):
+            fail(f"causal_mask({length}) is {got.dtype} of shape {tuple(got.shape)}; expected "
+                 f"a bool ({length}, {length}) tensor: True where query i may see key j.")
+        rows, cols = torch.meshgrid(torch.arange(length), torch.arange(length), indexing="ij")
+        if not torch.equal(got.cpu(), cols <= rows):
+            grid = "\n".join("    " + " ".join(str(int(b)) for b in row) for row in got.tolist())
+            fail(f"causal_mask({length}) is (1 = may attend, rows = queries, columns = keys)\n"
+                 f"{grid}\nExpected query i to see keys 0..i: itself and the past. A decoder "
+                 f"is trained to predict token i + 1 at position i; a key after i shows it "
+                 f"the answer, the training loss looks great, and generation fails.")
+
+
+# --- multi-head self-attention -------------------------------------------------------------
+
+
+@given(batch=st.integers(1, 3), length=st.integers(1, 5), heads=st.integers(1, 4),
+       head_dim=st.integers(1, 3))
+def test_split_heads_gives_each_head_its_slice_of_every_position(device, batch, length, heads,
+                                                                 head_dim):
+    """split_heads(x, H)[b, h, l] is x[b, l, h*hd:(h+1)*hd]: a head never mixes positions."""
+    dim = heads * head_dim
+    x = torch.arange(batch * length * dim, dtype=F64, device=device).reshape(batch, length, dim)
+    what = f"split_heads(x, {heads}) for x of shape {tuple(x.shape)}"
+    got = call(transformer.split_heads, x, heads, what=what)
+    expected = torch.stack([x[:, :, h * head_dim:(h + 1) * head_dim] for h in range(heads)], 1)
+    if tuple(got.shape) != tuple(expected.shape):
+        fail(f"{what} has shape {tuple(got.shape)}; expected {tuple(expected.shape)} "
+             f"(B, H, L, hd).")
+    if not torch.equal(got, expected):
+        wrong = (got != expected).nonzero()[0].tolist()  # [b, h, l, f]
+        source = sorted({int(p) for p in (got[tuple(wrong[:3])] // dim % length).tolist()})
+        fail(f"{what}: head {wrong[1]} at position {wrong[2]} holds features of position(s) "
+             f"{source} of x; expected position {wrong[2]} only, features "
+             f"{wrong[1] * head_dim}..{(wrong[1] + 1) * head_dim - 1}. Each head must see "
+             f"every position whole (its own slice of the features); a tensor can take the "
+             f"shape (B, H, L, hd) and still hold its numbers in the wrong places.")
+
+
+@given(batch=st.integers(1, 3), length=st.integers(1, 5), heads=st.integers(1, 4),
+       head_dim=st.integers(1, 3))
+def test_merge_heads_undoes_split_heads(device, batch, length, heads, head_dim):
+    """merge_heads(split_heads(x, H)) gives back x exactly."""
+    x = randn(batch, length, heads * head_dim, seed=length, device=device)
+    split = call(transformer.split_heads, x, heads, what=f"split_heads(x, {heads})")
+    back = call(transformer.merge_heads, split, what="merge_heads(split_heads(x, heads))")
+    assert_close_to_oracle(back, x, f"merge_heads(split_heads(x, {heads})) for x of shape "
+                           f"{tuple(x.shape)}", "Merging the heads must put every feature of "
+                           "every position back where it came from, or the output projection "
+                           "mixes up positions.")
+
+
+def three_models(dim: int, heads: int, vocab: int, device) -> tuple[nn.Module, ...]:
+    return (transformer.MultiHeadSelfAttention(dim, heads).to(device, F64),
+            transformer.TransformerBlock(dim, heads).to(device, F64),
+            transformer.TinyTransformer(vocab, 7, dim, heads, layers=2).to(device, F64))
+
+
+@given(batch=st.integers(1, 4), length=st.integers(1, 7), heads=st.sampled_from([1, 2, 4]),
+       padded=st.booleans(), causal=st.booleans())
+def test_shapes_for_any_batch_and_length(device, batch, length, heads, padded, causal):
+    """(B, L, D) -> (B, L, D) for the layer and the block, (B, L) -> (B, L, V) for the model."""
+    dim, vocab = 8, 5
+    x = randn(batch, length, dim, seed=batch, device=device)
+    mask = padding([max(1, length - i) for i in range(batch)], length, device) if padded else None
+    layer, block, model = shared(three_models, dim, heads, vocab, device)
+    tokens = torch.randint(vocab, (batch, length), device=device)
+    what = f"for a batch of {batch} sequences of length {length}, {heads} heads"
+    out, weights = call(layer, x, mask, causal, True, what=f"MultiHeadSelfAttention {what}")
+    shapes = {"MultiHeadSelfAttention": (out, (batch, length, dim)),
+              "its attention weights": (weights, (batch, heads, length, length)),
+              "TransformerBlock": (call(block, x, mask, causal, what=f"TransformerBlock {what}"),
+                                   (batch, length, dim)),
+              "TinyTransformer": (call(model, tokens, mask, causal, what=f"TinyTransformer "
+                                       f"{what}"), (batch, length, vocab))}
+    for name, (tensor, shape) in shapes.items():
+        if tuple(tensor.shape) != shape:
+            fail(f"{name} {what} has shape {tuple(tensor.shape)}; expected {shape}.")
+
+
+@given(batch=st.integers(1, 3), length=st.integers(2, 6), heads=st.sampled_from([1, 2, 4]),
+       head_dim=st.integers(1, 4), seed=st.integers(0, 2**16))
+def test_self_attention_is_permutation_equivariant(device, batch, length, heads, head_dim,
+                                                   seed):
+    """Without masks, permuting the positions of x permutes the output the same way."""
+    dim = heads * head_dim
+    layer = shared(self_attention, dim, heads, device)
+    x = randn(batch, length, dim, seed=seed, device=device)
+    perm = torch.randperm(length, generator=generator(seed)).to(device)
+    out = call(layer, x, what="MultiHeadSelfAttention(x)")
+    out_of_permuted = call(layer, x[:, perm], what="MultiHeadSelfAttention(x[:, perm])")
+    assert_close_to_oracle(out_of_permuted, out[:, perm],
+                           f"layer(x[:, perm]) against layer(x)[:, perm], {heads} heads, "
+                           f"length {length}",
+                           "Self-attention without masks treats a sequence as a set: each "
+                           "position's output depends on its own input and on the set of all "
+                           "inputs, never on where they sit. If reordering the input changes "
+                           "more than the order of the output, some reshape mixes the numbers "
+                           "of different positions.")
+
+
+@pytest.mark.requires("test_attention_matches_torch_sdpa",
+                      "test_attention_weights_are_a_distribution_over_keys",
+                      "test_causal_mask_allows_the_past_and_the_present_only",
+                      "test_split_heads_gives_each_head_its_slice_of_every_position",
+                      "test_merge_heads_undoes_split_heads")
+@given(batch=st.integers(1, 3), length=st.integers(1, 6), heads=st.sampled_from([1, 2, 3, 4]),
+       head_dim=st.integers(1, 4), causal=st.booleans(), padded=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_self_attention_matches_torch_multihead_attention(device, batch, length, heads, head_dim,
+                                                          causal, padded, seed):
+    """With the same weights, the layer gives nn.MultiheadAttention's output, masks included."""
+    dim = heads * head_dim
+    layer, twin = shared(attention_and_twin, dim, heads, device)
+    x = randn(batch, length, dim, seed=seed, device=device)
+    g = generator(seed)
+    lengths = torch.randint(1, length + 1, (batch,), generator=g).tolist()
+    mask = padding(lengths, length, device) if padded else None
+    what = (f"MultiHeadSelfAttention({dim}, heads={heads}) on (B={batch}, L={length}, D={dim})"
+            f"{', causal' if causal else ''}"
+            f"{f', padded to lengths {lengths}' if padded else ''}")
+    out = call(layer, x, mask, causal, what=what)
+    expected, _ = twin(x, x, x, key_padding_mask=mask, need_weights=False,
+                       attn_mask=future(length, device) if causal else None)
+    assert_close_to_oracle(out, expected, f"{what}, against nn.MultiheadAttention",
+                           "Both project x to q, k, v with the same weights, split each into "
+                           "heads of dim // heads features, attend per head, merge the heads "
+                           "and project with `out`.")
+
+
+@pytest.mark.requires("test_split_heads_gives_each_head_its_slice_of_every_position")
+@given(length=st.integers(2, 7), heads=st.sampled_from([1, 2, 4]), seed=st.integers(0, 2**16))
+def test_causal_output_ignores_later_positions(device, length, heads, seed):
+    """With causal=True, the output at position t does not change when positions > t change."""
+    layer = shared(self_attention, 8, heads, device)
+    t = seed % (length - 1)  # a position with a future
+    x = randn(2, length, 8, seed=seed, device=device)
+    changed = x.clone()
+    changed[:, t + 1:] = randn(2, length - t - 1, 8, seed=seed + 1, device=device)
+    before = call(layer, x, causal=True, what="MultiHeadSelfAttention(x, causal=True)")
+    after = call(layer, changed, causal=True, what="MultiHeadSelfAttention(x', causal=True)")
+    moved = (after[:, : t + 1] - before[:, : t + 1]).abs().max().item()
+    if not moved < 1e-9:
+        fail(f"With causal=True on a sequence of length {length}, changing the inputs after "
+             f"position {t} changed the outputs at positions 0..{t} by up to {moved:.3g}; "
+             f"expected no change at all. A causal model must not see the future: trained "
+             f"with a view of the next token, it copies it, and then has nothing to copy when "
+             f"it writes text on its own.")
+
+
+@pytest.mark.requires("test_split_heads_gives_each_head_its_slice_of_every_position")
+@given(batch=st.integers(2, 4), length=st.integers(2, 6), heads=st.sampled_from([1, 2]),
+       causal=st.booleans(), seed=st.integers(0, 2**16))
+def test_padded_keys_get_zero_weight(device, batch, length, heads, causal, seed):
+    """No query gives any weight to a key that key_padding_mask marks as padding."""
+    layer = shared(self_attention, 8, heads, device)
+    x = randn(batch, length, 8, seed=seed, device=device)
+    lengths = [length] + torch.randint(1, length, (batch - 1,), generator=generator(seed)).tolist()
+    mask = padding(lengths, length, device)
+    what = f"MultiHeadSelfAttention on sequences of lengths {lengths} padded to {length}"
+    _, weights = call(layer, x, mask, causal, True, what=what, why=PADDING)
+    weights = weights.detach()
+    if not torch.isfinite(weights).all():
+        rows = sorted({int(b) for b in (~torch.isfinite(weights)).nonzero()[:, 0].tolist()})
+        fail(f"{what}: the weights of sequence(s) {rows} are NaN, which happens when a query "
+             f"has no key left to attend to. Expected every real key to stay visible. {PADDING}")
+    leaked = weights.masked_select(mask[:, None, None, :]).abs().max().item()
+    if leaked != 0:
+        fail(f"{what}: padded keys got weights up to {leaked:.3g}; expected 0. {PADDING} "
+             f"Padding is filler: whatever sits there must not reach the real tokens.")
+
+
+@pytest.mark.requires("test_split_heads_gives_each_head_its_slice_of_every_position")
+@given(length=st.integers(2, 6), heads=st.sampled_from([1, 2]), causal=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_padding_does_not_change_the_real_positions(device, length, heads, causal, seed):
+    """A padded batch gives each sequence the output it gets alone, at its real positions."""
+    layer = shared(self_attention, 8, heads, device)
+    lengths = [length, 1 + seed % length, 1]
+    x = randn(3, length, 8, seed=seed, device=device) * 3  # padding filled with junk, too
+    out = call(layer, x, padding(lengths, length, device), causal,
+               what=f"MultiHeadSelfAttention on lengths {lengths} padded to {length}", why=PADDING)
+    for b, n in enumerate(lengths):
+        alone = call(layer, x[b:b + 1, :n], None, causal,
+                     what=f"MultiHeadSelfAttention on sequence {b} alone")
+        assert_close_to_oracle(out[b:b + 1, :n], alone,
+                               f"sequence {b} (length {n}) in a batch padded to {length}, "
+                               f"against the same sequence alone",
+                               f"Batching with padding must not change a sequence's result. "
+                               f"{PADDING}")
+
+
+# --- the pre-norm transformer block --------------------------------------------------------
+
+
+def block_of(dim: int, heads: int, device) -> nn.Module:
+    torch.manual_seed(0)
+    block = transformer.TransformerBlock(dim, heads).to(device, F64)
+    with torch.no_grad():  # LayerNorm starts as the identity map; make its affine part matter
+        for norm in (block.norm1, block.norm2):
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+    return block
+
+
+def block_and_twin(dim: int, heads: int, device) -> tuple[nn.Module, nn.Module]:
+    block = block_of(dim, heads, device)
+    return block, torch_twin(block.attn, dim, heads, device)
+
+
+def test_block_keeps_an_untouched_residual_path(device):
+    """With the attention and MLP outputs zeroed, the block returns its input unchanged."""
+    block = block_of(8, 2, device)
+    with torch.no_grad():
+        for last in (block.attn.out, block.mlp[-1]):
+            last.weight.zero_()
+            last.bias.zero_()
+    x = randn(2, 5, 8, seed=3, device=device) * 4 + 2
+    out = call(block, x, what="TransformerBlock(x) with its sub-layers' outputs zeroed").detach()
+    if not torch.allclose(out, x):
+        normalised = torch.allclose(out, block.norm1(x))
+        seen = (" It looks normalised: LayerNorm's output took the place of x in the "
+                "stream." if normalised else "")
+        fail(f"With the last layers of the attention and the MLP zeroed (both sub-layers add "
+             f"nothing), TransformerBlock(x) differs from x by up to "
+             f"{(out - x).abs().max().item():.3g}; expected x itself.{seen} In a pre-norm "
+             f"block, the residual stream carries x untouched from block to block; each "
+             f"sub-layer reads a normalised copy and adds its result. That clean path is what "
+             f"lets gradients reach the first layers of a deep stack.")
+
+
+@pytest.mark.requires("test_self_attention_matches_torch_multihead_attention")
+@given(batch=st.integers(1, 3), length=st.integers(1, 6), heads=st.sampled_from([1, 2, 4]),
+       head_dim=st.integers(1, 3), causal=st.booleans(), padded=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_block_matches_its_definition(device, batch, length, heads, head_dim, causal, padded,
+                                      seed):
+    """block(x) = y + mlp(norm2(y)) with y = x + attention(norm1(x)), built from torch's layers."""
+    dim = heads * head_dim
+    block, twin = shared(block_and_twin, dim, heads, device)
+    x = randn(batch, length, dim, seed=seed, device=device)
+    lengths = torch.randint(1, length + 1, (batch,), generator=generator(seed)).tolist()
+    mask = padding(lengths, length, device) if padded else None
+    what = (f"TransformerBlock({dim}, heads={heads}) on (B={batch}, L={length}, D={dim})"
+            f"{', causal' if causal else ''}{', padded' if padded else ''}")
+    out = call(block, x, mask, causal, what=what)
+    with torch.no_grad():
+        def norm(layer, t):
+            return F.layer_norm(t, (dim,), layer.weight, layer.bias, layer.eps)
+
+        first, last = block.mlp[0], block.mlp[-1]
+        attended, _ = twin(norm(block.norm1, x), norm(block.norm1, x), norm(block.norm1, x),
+                           key_padding_mask=mask, need_weights=False,
+                           attn_mask=future(length, device) if causal else None)
+        y = x + attended
+        expected = y + F.linear(F.gelu(F.linear(norm(block.norm2, y), first.weight, first.bias)),
+                                last.weight, last.bias)
+    assert_close_to_oracle(out, expected, what,
+                           "A pre-norm block is y = x + attention(norm1(x)), then "
+                           "y + mlp(norm2(y)), the MLP being Linear, GELU, Linear.")
+
+
+def test_every_parameter_gets_a_gradient(device):
+    """One loss on the TinyTransformer's logits reaches every parameter, in every block."""
+    torch.manual_seed(0)
+    model = transformer.TinyTransformer(7, 6, dim=8, heads=2, layers=2).to(device)
+    tokens = torch.randint(7, (4, 6), device=device)
+    logits = call(model, tokens, causal=True, what="TinyTransformer(tokens, causal=True)")
+    loss = F.cross_entropy(logits.flatten(0, 1), torch.randint(7, (24,), device=device))
+    assert_grads_flow(model, loss, "the TinyTransformer")
+
+
+# --- the reversal task ---------------------------------------------------------------------
+
+
+def test_reversal_batch_holds_a_sequence_and_its_reversal():
+    """Inputs are x, separator, reversed x (but the last); targets are the next tokens."""
+    inputs, targets = call(train.reversal_batch, 5, 4, 10, generator(0),
+                           what="reversal_batch(5, length=4, vocab=10)")
+    if tuple(inputs.shape) != (5, 8) or tuple(targets.shape) != (5, 8):
+        fail(f"reversal_batch(5, length=4, vocab=10) gave shapes {tuple(inputs.shape)} and "
+             f"{tuple(targets.shape)}; expected (5, 8) each: 4 tokens, the separator and the "
+             f"reversal, less one token.")
+    x = inputs[:, :4]
+    expected_inputs = torch.cat([x, torch.full((5, 1), 10), x.flip(1)[:, :3]], dim=1)
+    expected_targets = torch.cat([torch.full((5, 4), train.IGNORE), x.flip(1)], dim=1)
+    if not (torch.equal(inputs, expected_inputs) and torch.equal(targets, expected_targets)):
+        fail(f"reversal_batch gave inputs {inputs[0].tolist()} and targets "
+             f"{targets[0].tolist()}; expected inputs x, separator (10), x reversed less its "
+             f"last token, and as targets the next token of each input position, IGNORE "
+             f"({train.IGNORE}) where it cannot be predicted.")
+
+
+class CountUp(nn.Module):
+    """A stand-in model: at every position, the logits name (that position's token + 1) % 7."""
+
+    def forward(self, tokens: torch.Tensor, key_padding_mask=None, causal=False) -> torch.Tensor:
+        return F.one_hot((tokens + 1) % 7, 7).double()  # (B, L, 7)
+
+
+def test_generate_feeds_back_its_own_predictions(device):
+    """generate(model, prompt, n) appends n greedy tokens, each predicted from all before it."""
+    model = CountUp().train()
+    prompt = torch.tensor([[3], [5]], device=device)
+    got = call(train.generate, model, prompt, 4, what="generate(model, prompt, 4)")
+    expected = torch.tensor([[3, 4, 5, 6, 0], [5, 6, 0, 1, 2]])
+    if tuple(got.shape) != (2, 5) or not torch.equal(got.cpu(), expected):
+        fail(f"generate() with a model that always predicts 'last token + 1' (mod 7) turned the "
+             f"prompts [[3], [5]] into {got.tolist()}; expected {expected.tolist()}: each new "
+             f"token must be appended and fed back in, so that the next step sees it.")
+    if not model.training:
+        fail("generate() left the model in eval mode; expected it to restore the mode the "
+             "model was in (training may go on after a sample).")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_attention_matches_torch_sdpa",
+                      "test_attention_weights_are_a_distribution_over_keys",
+                      "test_causal_mask_allows_the_past_and_the_present_only",
+                      "test_causal_output_ignores_later_positions",
+                      "test_self_attention_matches_torch_multihead_attention",
+                      "test_block_matches_its_definition",
+                      "test_reversal_batch_holds_a_sequence_and_its_reversal")
+def test_tiny_transformer_learns_to_reverse_sequences(device):
+    """After 60 steps, a 1-block model writes the reversal of new sequences, 90% of tokens right."""
+    length, vocab = 6, 10
+    torch.manual_seed(0)
+    model = transformer.TinyTransformer(vocab + 1, 2 * length, dim=32, heads=4, layers=1)
+    losses = call(train.train_reversal, model, 60, length, vocab, 64, 1e-2, 0, device,
+                  what="train_reversal(model, steps=60, ...)")
+    if not all(torch.isfinite(torch.tensor(losses))):
+        fail("The training loss became inf or NaN.")
+    model.eval()
+    x = torch.randint(vocab, (500, length), generator=generator(12345)).to(device)
+    tokens = torch.cat([x, torch.full((500, 1), vocab, device=device)], dim=1)
+    with torch.no_grad():
+        for _ in range(length):  # the model writes the second half itself, token by token
+            tokens = torch.cat([tokens, model(tokens, causal=True)[:, -1:].argmax(-1)], dim=1)
+        written = (tokens[:, length + 1:] == x.flip(1)).double().mean().item()
+        inputs, targets = (t.to(device) for t in train.reversal_batch(500, length, vocab,
+                                                                        generator(1)))
+        keep = targets != train.IGNORE
+        forced = (model(inputs, causal=True).argmax(-1)[keep] == targets[keep])
+        forced = forced.double().mean().item()
+    if written < 0.9:
+        gap = (f" With the true previous tokens as input (teacher forcing) it gets {forced:.0%}: "
+               f"a model that does well only while it is shown the answer is seeing the "
+               f"future." if forced > written + 0.2 else "")
+        fail(f"After 60 training steps, the model writes {written:.0%} of the reversed tokens "
+             f"right (chance: 10%); expected at least 90% (the reference reaches 100% after "
+             f"30 steps on every seed we measured).{gap}")
+
+
+@pytest.mark.trains
+def test_train_script_writes_a_loadable_checkpoint(tmp_path, capsys):
+    """python train.py --dry-run --out F writes a checkpoint that torch.load reads safely."""
+    out = tmp_path / "sub" / "reverse.pt"
+    call(train.main, ["--dry-run", "--device", "cpu", "--out", str(out)],
+         what="train.main(['--dry-run', '--device', 'cpu', '--out', ...])")
+    printed = capsys.readouterr().out
+    if not out.is_file() or str(out) not in printed:
+        fail(f"train.py --out {out} should write the checkpoint there (creating the folder) "
+             f"and print its path; it printed:\n{printed}")
+    saved = torch.load(out, weights_only=True)
+    model = transformer.TinyTransformer(**saved["config"])
+    call(model.load_state_dict, saved["state_dict"], what="load_state_dict(checkpoint)")
