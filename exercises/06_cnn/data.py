@@ -55,21 +55,28 @@ def corrupt_mnist(n_train: int = 4000, n_test: int = 1000, max_degrees: float = 
 
 
 def torchvision_digits(name: str, root: str = "data",
-                       download: bool = True) -> tuple[TensorDataset, TensorDataset]:
-    """(train, test) of torchvision's MNIST or FashionMNIST (downloaded into root once)."""
+                       download: bool = False) -> tuple[TensorDataset, TensorDataset]:
+    """(train, test) of torchvision's MNIST or FashionMNIST, read from root.
+
+    Offline unless ``download`` is set; raises FileNotFoundError if the files are missing.
+    """
     from torchvision import datasets
 
     cls = {"mnist": datasets.MNIST, "fashionmnist": datasets.FashionMNIST}[name]
-    splits = [cls(root, train=train, download=download) for train in (True, False)]
+    try:
+        splits = [cls(root, train=train, download=download) for train in (True, False)]
+    except RuntimeError as exc:  # torchvision's "Dataset not found"
+        raise FileNotFoundError(f"{name} is not in {root} ({exc}); download it once, "
+                                f"online (main.py: --download)") from None
     return tuple(TensorDataset(to_images(s.data), s.targets) for s in splits)
 
 
 def load(dataset: str = "corrupt", root: str = "data", n_train: int | None = None,
-         n_test: int | None = None) -> tuple[TensorDataset, TensorDataset]:
+         n_test: int | None = None, download: bool = False) -> tuple[TensorDataset, TensorDataset]:
     """The (train, test) data sets the command line asks for, optionally cut to a size."""
     if dataset == "corrupt":  # by default, every digit that is not for testing is for training
         n_test = 1000 if n_test is None else n_test
         return corrupt_mnist(5000 - n_test if n_train is None else n_train, n_test)
-    train, test = torchvision_digits(dataset, root)
+    train, test = torchvision_digits(dataset, root, download)
     cut = lambda d, n: d if n is None else TensorDataset(*(t[:n] for t in d.tensors))  # noqa: E731
     return cut(train, n_train), cut(test, n_test)

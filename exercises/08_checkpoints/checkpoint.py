@@ -5,6 +5,8 @@ A checkpoint is a plain dict of tensors, numbers and strings, so that it loads w
 """
 
 import os
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -31,10 +33,24 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module,
                     device: str | torch.device = "cpu") -> int:
     """Restore the training state saved at ``path`` in place; return the epochs completed.
 
-    Works on any machine: tensors saved on a GPU are loaded onto ``device``.
+    Works on any machine: tensors saved on a GPU are loaded onto ``device``. Raises
+    ValueError, saying why, for a file that is not a checkpoint of this model.
     """
-    state = torch.load(path)
-    model.load_state_dict(state["model"])
-    if optimizer is not None and "optimizer" in state:  # files exported for inference have none
-        optimizer.load_state_dict(state["optimizer"])
+    try:
+        state = torch.load(path)
+    except pickle.UnpicklingError as exc:  # weights_only refused what the file holds
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f"a pickled Python object ({found.group(1)})" if found else "no torch.save data"
+        raise ValueError(f"{path} holds {what}, not only tensors and numbers") from None
+    except Exception:  # noqa: BLE001 - truncated, or not torch.save's format at all
+        raise ValueError(f"{path} is damaged, or not a file that torch.save wrote") from None
+    if not isinstance(state, dict) or not {"model", "epoch", "rng"} <= state.keys():
+        raise ValueError(f"{path} is not a training checkpoint (no model, epoch and rng)")
+    try:
+        model.load_state_dict(state["model"])
+        if optimizer is not None and "optimizer" in state:  # exported for inference: none
+            optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise ValueError(f"{path} was saved from another model or optimizer "
+                         f"({' '.join(str(exc).split())[:150]})") from None
     return state["epoch"]

@@ -6,9 +6,12 @@ what the code did instead, and why it matters.
 
 import io
 import os
+import re
 from pathlib import Path
 
+import pytest
 import torch
+import torch._dynamo  # noqa: F401 - the first optimizer step imports it (seconds): pay it here
 import torch.serialization
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -18,6 +21,9 @@ from torchkata.checks import call, fail
 
 checkpoint = under_test("checkpoint")
 train = under_test("train")
+
+trains = pytest.mark.trains
+requires = pytest.mark.requires
 
 RESUME = ("Resuming must restore everything that decides the next step: the weights, the "
           "optimizer's state (Adam keeps two running averages per weight), the epoch counter, "
@@ -31,13 +37,13 @@ def new_run(device, seed: int = 0):
     return model, torch.optim.Adam(model.parameters(), lr=0.05)
 
 
-def loader() -> DataLoader:
+def loader(batch_size: int = 16) -> DataLoader:
     x, y = data.blobs(n=32, classes=3, seed=0)  # 96 points, 6 shuffled batches per epoch
-    return DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True)
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True)
 
 
-def fit(model, optimizer, epochs, path, device):
-    return call(train.fit, model, optimizer, loader(), epochs, path, device,
+def fit(model, optimizer, epochs, path, device, batch_size: int = 16):
+    return call(train.fit, model, optimizer, loader(batch_size), epochs, path, device,
                 what=f"fit(..., epochs={epochs}, checkpoint)")
 
 
@@ -128,9 +134,108 @@ def test_load_restores_rng_state(tmp_path):
              "a different order than the run it continues.")
 
 
+def test_load_returns_the_saved_epoch(tmp_path):
+    """load_checkpoint returns the epoch counter exactly as save_checkpoint was given it."""
+    model, optimizer = trained("cpu")
+    save(tmp_path / "ckpt.pt", model, optimizer, 7)
+    done = load(tmp_path / "ckpt.pt", model, optimizer, "cpu")
+    if done != 7 or not isinstance(done, int):
+        fail(f"save_checkpoint(..., epoch=7) then load_checkpoint() returned {done!r}; expected "
+             f"the int 7 back. The counter is saved and loaded as it is: counting completed "
+             f"epochs is fit's job, not the checkpoint's.")
+
+
+def test_load_without_an_optimizer_restores_the_weights(device, tmp_path):
+    """load_checkpoint(path, model) with no optimizer (inference) restores the weights alone."""
+    model, optimizer = trained(device)
+    save(tmp_path / "ckpt.pt", model, optimizer, 3)
+    fresh, _ = new_run(device, seed=1)
+    done = call(checkpoint.load_checkpoint, tmp_path / "ckpt.pt", fresh, None, device,
+                what="load_checkpoint(path, model, optimizer=None, device)",
+                why="Loading a model to use it, not to train it, needs no optimizer.")
+    if done != 3 or not all(torch.equal(a, b) for a, b in zip(weights(model), weights(fresh))):
+        fail(f"load_checkpoint(path, model, optimizer=None) returned {done!r} and "
+             f"{'the saved' if done == 3 else 'other'} weights; expected 3 and the saved "
+             f"weights: the optimizer is optional.")
+
+
+class OnGPU(torch.Tensor):
+    """A CPU tensor that says it lives on cuda:0, as map_location="cuda" would leave it."""
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda", 0)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        result = super().__torch_function__(func, types, args, kwargs or {})
+        if func in (torch.Tensor.cpu, torch.Tensor.to) and isinstance(result, torch.Tensor):
+            return result.as_subclass(torch.Tensor)  # a real copy to the CPU
+        return result
+
+
+@requires("test_load_restores_rng_state")
+def test_load_restores_rng_state_onto_a_gpu(tmp_path, monkeypatch):
+    """load_checkpoint(..., device="cuda") gives set_rng_state the CPU tensor it requires."""
+    model, optimizer = trained("cpu")
+    save(tmp_path / "ckpt.pt", model, optimizer, 1)
+    real_load, real_set = torch.load, torch.set_rng_state
+    given = []
+
+    def load_onto_gpu(*args, **kwargs):  # what map_location="cuda" does to the saved RNG state
+        state = real_load(*args, **{**kwargs, "map_location": "cpu"})
+        state["rng"] = state["rng"].as_subclass(OnGPU)
+        return state
+
+    def set_rng_state(new_state):
+        given.append(new_state.device)
+        if new_state.device.type != "cpu":
+            raise TypeError("expected a torch.ByteTensor, but got torch.cuda.ByteTensor")
+        real_set(new_state)
+
+    monkeypatch.setattr(torch, "load", load_onto_gpu)
+    monkeypatch.setattr(torch, "set_rng_state", set_rng_state)
+    monkeypatch.setattr(torch.random, "set_rng_state", set_rng_state)
+    load(tmp_path / "ckpt.pt", model, optimizer, "cuda",
+         why="On a GPU machine, map_location='cuda' moves every tensor of the checkpoint to the "
+             "GPU, the saved random state too; torch.set_rng_state accepts only a CPU tensor.")
+    if not given:
+        fail("load_checkpoint(..., device='cuda') did not restore torch's random state.")
+
+
+def test_load_explains_a_file_that_is_not_a_checkpoint(tmp_path):
+    """load_checkpoint raises ValueError saying why, for a damaged or foreign file."""
+    model, optimizer = trained("cpu")
+    good = tmp_path / "good.pt"
+    save(good, model, optimizer, 1)
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:600])
+    (tmp_path / "notes.pt").write_text("epoch 1\n")
+    cases = {"a checkpoint cut off halfway": tmp_path / "cut.pt",
+             "a text file": tmp_path / "notes.pt"}
+    torch.save(nn.Linear(2, 2), tmp_path / "module.pt")
+    cases["a pickled nn.Linear"] = tmp_path / "module.pt"
+    torch.save(nn.Linear(2, 2).state_dict(), tmp_path / "weights.pt")
+    cases["a bare state_dict"] = tmp_path / "weights.pt"
+    other = nn.Sequential(nn.Linear(2, 5), nn.ReLU(), nn.Linear(5, 3))  # another architecture
+    save(tmp_path / "other.pt", other, torch.optim.Adam(other.parameters()), 1)
+    cases["another model's checkpoint"] = tmp_path / "other.pt"
+    for case, path in cases.items():
+        try:
+            checkpoint.load_checkpoint(path, model, optimizer, "cpu")
+        except ValueError:
+            continue
+        except Exception as exc:  # noqa: BLE001 - the type of error is the finding
+            fail(f"load_checkpoint() on {case} raised {type(exc).__name__}: "
+                 f"{str(exc).splitlines()[0][:150] if str(exc) else ''}. Expected a "
+                 f"ValueError with a message of its own (as its docstring says), so that "
+                 f"train.py can tell whoever runs it what is wrong with the file in one line.")
+        fail(f"load_checkpoint() on {case} returned normally; expected a ValueError.")
+
+
 # --- resuming ------------------------------------------------------------------------------
 
 
+@trains
 def test_checkpoint_counts_completed_epochs(device, tmp_path):
     """After fit runs 2 epochs, its checkpoint says that 2 epochs are complete."""
     model, optimizer = new_run(device)
@@ -143,6 +248,7 @@ def test_checkpoint_counts_completed_epochs(device, tmp_path):
              f"done, index 2 is next). Off by one repeats or skips an epoch on every resume.")
 
 
+@trains
 def test_resume_runs_only_the_remaining_epochs(device, tmp_path):
     """fit(epochs=5) after an interrupted fit(epochs=2) runs exactly the 3 missing epochs."""
     model, optimizer = new_run(device)
@@ -155,6 +261,90 @@ def test_resume_runs_only_the_remaining_epochs(device, tmp_path):
              f"picks up.")
 
 
+class Recorder(nn.Module):
+    """A linear classifier of points that records every batch it sees and its scores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(2, 3)
+        self.seen: list[tuple[bool, torch.Tensor, torch.Tensor]] = []  # (training, x, logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.linear(x)
+        self.seen.append((self.training, x.detach().cpu(), logits.detach().cpu()))
+        return logits
+
+
+@trains
+def test_fit_trains_in_training_mode(device, tmp_path):
+    """fit runs every step in train mode, even for a model handed over in eval mode."""
+    recorder = Recorder().to(device).eval()
+    fit(recorder, torch.optim.Adam(recorder.parameters(), lr=0.01), 2, tmp_path / "c.pt", device)
+    if not recorder.seen or not all(training for training, _, _ in recorder.seen):
+        fail("fit() ran the model in eval mode. Expected train mode for every training step: a "
+             "model comes back from evaluation or loading in eval mode, where Dropout does "
+             "nothing and BatchNorm's statistics never adapt.")
+
+
+@trains
+def test_fit_reports_the_mean_cross_entropy_of_each_epoch(device, tmp_path):
+    """Each value fit returns is the epoch's cross-entropy, averaged over its samples."""
+    recorder = Recorder().to(device)
+    x, y = loader().dataset.tensors
+    label = {tuple(row.tolist()): int(t) for row, t in zip(x, y)}
+    history = fit(recorder, torch.optim.Adam(recorder.parameters(), lr=0.01), 2,
+                  tmp_path / "c.pt", device, batch_size=40)  # 40, 40, then 16 per epoch
+    per_epoch = len(recorder.seen) // 2
+    for epoch in range(2):
+        batches = recorder.seen[epoch * per_epoch:(epoch + 1) * per_epoch]
+        total = sum(nn.functional.cross_entropy(
+            logits.double(), torch.tensor([label[tuple(r.tolist())] for r in xb]),
+            reduction="sum").item() for _, xb, logits in batches)
+        expected = total / sum(len(xb) for _, xb, _ in batches)
+        got = history[epoch] if isinstance(history, list) and len(history) == 2 else None
+        if not isinstance(got, float) or abs(got - expected) > 1e-4:
+            fail(f"For epoch {epoch + 1}, fit() reported {got!r}; the cross-entropy of the "
+                 f"model's scores against the labels, averaged over the epoch's 96 samples, is "
+                 f"{expected:.5g}. Expected a float equal to it: the history must show the loss "
+                 f"that is minimised, with every sample counted once (the last batch may be "
+                 f"short).")
+
+
+@trains
+def test_fit_saves_a_checkpoint_after_every_epoch(device, tmp_path, monkeypatch):
+    """fit(epochs=3) writes a checkpoint after epochs 1, 2 and 3, each with its count."""
+    saved = []
+    real = train.resolve().save_checkpoint
+
+    def recording(path, model, optimizer, epoch, *args, **kwargs):
+        saved.append(epoch)
+        return real(path, model, optimizer, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(train.resolve(), "save_checkpoint", recording)
+    model, optimizer = new_run(device)
+    fit(model, optimizer, 3, tmp_path / "ckpt.pt", device)
+    if saved != [1, 2, 3]:
+        fail(f"fit(epochs=3) saved checkpoints with epoch counts {saved}; expected [1, 2, 3]: "
+             f"one after each epoch, counting the epochs completed, so that a crash in epoch 3 "
+             f"loses only that epoch.")
+
+
+@trains
+def test_fit_lowers_the_loss(device, tmp_path):
+    """Four epochs of fit on blobs bring the epoch loss well below the first epoch's."""
+    model, optimizer = new_run(device)
+    history = fit(model, optimizer, 4, tmp_path / "ckpt.pt", device)
+    values = torch.tensor(history, dtype=torch.float64)
+    if len(values) != 4 or not torch.isfinite(values).all() or not values[-1] < 0.6 * values[0]:
+        fail(f"fit() over 4 epochs reported the losses {[round(v, 4) for v in history]}; "
+             f"expected 4 finite values, the last below 60% of the first (the reference: "
+             f"24% to 37% over seeds 0-5). A run that does not learn cannot show that resuming "
+             f"works: two runs that both stand still agree for the wrong reason.")
+
+
+@trains
+@requires("test_fit_lowers_the_loss")
 def test_resumed_run_matches_uninterrupted_run(device, tmp_path):
     """2 epochs, a restart, then 2 more give the same losses and weights as 4 epochs in one go."""
     model, optimizer = new_run(device)
@@ -167,6 +357,9 @@ def test_resumed_run_matches_uninterrupted_run(device, tmp_path):
     second = fit(model, optimizer, 4, tmp_path / "resumed.pt", device)
     resumed = first + second
 
+    if not all(torch.isfinite(torch.tensor(v)).all() for v in (straight, resumed)):
+        fail(f"A loss became inf or NaN (uninterrupted: {straight}; resumed: {resumed}): "
+             f"nothing can be compared.")
     exact = torch.device(device).type == "cpu"
     same = (lambda a, b: torch.equal(a, b)) if exact else (
         lambda a, b: torch.allclose(a, b, rtol=1e-5, atol=1e-6))
@@ -342,3 +535,76 @@ def test_save_reaches_the_disk_before_the_rename(tmp_path, monkeypatch):
              "file, after flushing Python's buffer) before the rename. Expected fsync first: "
              "after a power cut, the file system may otherwise keep the new name pointing at "
              "a file whose contents never reached the disk.")
+
+
+# --- the script: python train.py -------------------------------------------------------------
+
+
+def exits_cleanly(argv: list[str]) -> str:
+    """Run train.main(argv); '' if it ends in SystemExit(non-zero), else what it did."""
+    try:
+        train.main(argv)
+    except SystemExit as exc:
+        if exc.code in (0, None):
+            return "exited with status 0, as if all went well"
+        if isinstance(exc.code, str) and "\n" in exc.code.strip():
+            return f"exited with a message of several lines: {exc.code[:300]!r}"
+        return ""
+    except Exception as exc:  # noqa: BLE001 - any other error is the finding
+        return f"raised {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    return "carried on and returned normally"
+
+
+def test_script_rejects_nonsense_arguments(tmp_path, monkeypatch):
+    """Counts must be positive, the learning rate too, and devices real."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a laptop without a GPU
+    path = tmp_path / "ckpt.pt"
+    for bad in (["--epochs", "0"], ["--epochs", "-3"], ["--batch_size", "0"], ["--lr", "0"],
+                ["--device", "gpu"], ["--device", "cuda"]):
+        problem = exits_cleanly(["--checkpoint", str(path), "--device", "cpu", *bad])
+        if problem or path.exists():
+            fail(f"`python train.py {' '.join(bad)}` {problem or 'wrote a checkpoint'}. Expected "
+                 f"argparse to refuse it with one line and a non-zero exit before training: "
+                 f"epochs and batch size are at least 1, the learning rate is positive, and "
+                 f"--device is cpu or cuda, cuda only where a GPU exists.")
+
+
+@requires("test_load_explains_a_file_that_is_not_a_checkpoint")
+def test_script_explains_a_checkpoint_it_cannot_resume_from(tmp_path, monkeypatch):
+    """`python train.py` with a damaged checkpoint ends with one clear line, not a traceback."""
+    blobs = TensorDataset(*data.blobs(n=20, classes=3, seed=0))
+    monkeypatch.setattr(train.resolve(), "make_data", lambda seed=0: blobs)  # skip sklearn
+    path = tmp_path / "ckpt.pt"
+    path.write_text("not a checkpoint\n")
+    problem = exits_cleanly(["--checkpoint", str(path), "--device", "cpu", "--epochs", "1"])
+    if problem:
+        fail(f"`python train.py` with a damaged checkpoint file {problem}. Expected one line "
+             f"that names the file and what to do (delete it, or --fresh) and a non-zero exit: "
+             f"a damaged file is an expected mistake, not a bug in the tool.")
+
+
+@trains
+@requires("test_resume_runs_only_the_remaining_epochs")
+def test_script_resumes_from_runs_and_says_where(tmp_path, capsys, monkeypatch):
+    """`train.py` checkpoints into runs/ by default, resumes from it, and --fresh starts over."""
+    module = train.resolve()
+    default = Path(module.Config().checkpoint)
+    if default.parent != Path(module.__file__).resolve().parent / "runs":
+        fail(f"train.py's default checkpoint is {default}; expected a file in the runs/ folder "
+             f"beside train.py, so that a run resumes whatever folder it is started from.")
+    blobs = TensorDataset(*data.blobs(n=20, classes=3, seed=0))
+    monkeypatch.setattr(module, "make_data", lambda seed=0: blobs)  # skip sklearn
+    path = tmp_path / "ckpt.pt"
+    runs = {}
+    for name, extra in (("first", ["--epochs", "2"]), ("resumed", ["--epochs", "3"]),
+                        ("fresh", ["--epochs", "1", "--fresh"])):
+        call(train.main, ["--checkpoint", str(path), "--device", "cpu", *extra],
+             what=f"train.main([... {' '.join(extra)}])")
+        runs[name] = capsys.readouterr().out
+    epochs = {name: re.findall(r"epoch (\d+)/", out) for name, out in runs.items()}
+    if epochs != {"first": ["1", "2"], "resumed": ["3"], "fresh": ["1"]}:
+        fail(f"`train.py --epochs 2`, then `--epochs 3`, then `--epochs 1 --fresh` printed the "
+             f"epochs {epochs}; expected 1 and 2, then only 3 (resumed), then 1 (started over).")
+    if str(path.resolve()) not in runs["first"] and str(path) not in runs["first"]:
+        fail(f"`train.py` did not print where it saved the checkpoint; it printed:\n"
+             f"{runs['first'][-300:]}")

