@@ -58,8 +58,11 @@ def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
 
 
 def floor(root: Path, name: str, env: dict[str, str]) -> float:
-    modules = ["pytest", "hypothesis", *worker.modules_of(root / "exercises" / name)]
+    folder = root / "exercises" / name
+    modules = ["pytest", "hypothesis", *worker.modules_of(folder)]
     modules = [m for m in modules if not m.startswith("torchkata")] + ["torchkata.checks"]
+    if any("optim" in p.read_text() for p in folder.glob("*.py")):
+        modules.append("torch._dynamo")  # torch imports it when the first optimizer is made
     code = "\n".join(f"try:\n    import {m}\nexcept Exception:\n    pass" for m in modules)
     return timed([sys.executable, "-c", code], root, env)
 
