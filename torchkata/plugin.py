@@ -145,9 +145,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     run_gpu = _resolved_device_name(config) == "cuda"
     run_slow = config.getoption("--runslow")
     for item in items:
-        if "gpu" in item.keywords and not run_gpu:
+        if item.get_closest_marker("gpu") and not run_gpu:
             item.add_marker(pytest.mark.skip(reason="needs --device cuda"))
-        if "slow" in item.keywords and not run_slow:
+        if item.get_closest_marker("slow") and not run_slow:
             item.add_marker(pytest.mark.skip(reason="slow: run with --runslow"))
         _check_requires(item)
     items[:] = order(items)

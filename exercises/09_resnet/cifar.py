@@ -41,7 +41,7 @@ def make_transform(train: bool, weights: WeightsEnum | None = None) -> v2.Compos
 
 
 def cifar10(root: str | Path = "data", weights: WeightsEnum | None = None,
-            download: bool = True, dataset_cls: type = datasets.CIFAR10,
+            download: bool = False, dataset_cls: type = datasets.CIFAR10,
             ) -> tuple[Dataset, Dataset]:
     """(train_set, test_set) of CIFAR-10 under ``root``, downloading it once if asked to.
 

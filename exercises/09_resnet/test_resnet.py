@@ -6,6 +6,8 @@ ImageNet weights are stood in for by a local checkpoint of the same shapes, and 
 a few generated images written in its on-disk format.
 """
 
+import copy
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +23,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision.models import ResNet18_Weights, resnet18
 from torchvision.models.resnet import BasicBlock as TorchvisionBlock
 
-from torchkata import data, under_test, vision_files
-from torchkata.checks import accuracy_of, assert_grads_flow, call, fail
+from torchkata import data, targets, under_test, vision_files
+from torchkata.checks import accuracy_of, assert_finite, assert_grads_flow, call, fail
 
 resnet = under_test("resnet")
 transfer = under_test("transfer")
@@ -31,6 +33,8 @@ train = under_test("train")
 
 SHORTCUT_HINT = ("A residual block adds its input to its output, so the shortcut must bring x "
                  "to the output's shape (channels and size) whenever the block changes either.")
+STAGES_HINT = ("Each stage must hand the next one (and fc) the number of channels it reads: "
+               "width, 2 * width, 4 * width, 8 * width, whatever the width.")
 IMAGENET = ResNet18_Weights.DEFAULT  # only its metadata is read: nothing is downloaded
 
 
@@ -103,6 +107,7 @@ def test_block_ends_with_relu_after_the_addition(device):
         block = call(resnet.BasicBlock, in_planes, planes, stride, what=what).to(device)
         x = torch.randn(4, in_planes, 8, 8, device=device)  # negative values included
         out = call(block, x, what=f"{what} on input {tuple(x.shape)}", why=SHORTCUT_HINT)
+        assert_finite(out, f"{what}'s output")
         if out.min().item() < 0:
             fail(f"{what} returned negative values (down to {out.min().item():.2f}) for an "
                  f"input with negative entries. A residual block computes F(x) + shortcut(x) "
@@ -133,12 +138,24 @@ def test_block_matches_torchvision_basic_block(device):
                  f"same shape has {sorted(theirs)} (same names and shapes expected, so that "
                  f"torchvision's weights fit). {SHORTCUT_HINT}")
         oracle.load_state_dict(ours.state_dict())
-        expected = oracle.to(device).eval()(x.to(device))
-        if not torch.allclose(got, expected, atol=1e-5, rtol=1e-4):
-            gap = (got - expected).abs().max().item()
-            fail(f"{what} (eval mode) differs from torchvision's BasicBlock with the same "
-                 f"weights by up to {gap:.3g}. Expected relu(bn2(conv2(relu(bn1(conv1(x))))) "
-                 f"+ shortcut(x)): the shortcut is added before the block's last ReLU.")
+        oracle = oracle.to(device)
+        for mode in ("eval", "train"):
+            if mode == "train":
+                got = call(ours.train(), x.to(device), what=f"{what} in train mode")
+            expected = oracle.train(mode == "train")(x.to(device))
+            assert_finite(got, f"{what}'s output in {mode} mode")
+            if not torch.allclose(got, expected, atol=1e-4, rtol=1e-4):
+                gap = (got - expected).abs().max().item()
+                fail(f"{what} ({mode} mode) differs from torchvision's BasicBlock with the same "
+                     f"weights by up to {gap:.3g}. Expected relu(bn2(conv2(relu(bn1(conv1(x)))))"
+                     f" + shortcut(x)): the shortcut is added before the block's last ReLU.")
+        stale = [k for k, v in oracle.state_dict().items()
+                 if not torch.allclose(ours.state_dict()[k].float(), v.float(), atol=1e-5)]
+        if stale:
+            fail(f"After one forward pass in train mode, {what}'s BatchNorm statistics "
+                 f"{stale[:3]} differ from those of torchvision's block, which saw the same "
+                 f"batch. Expected standard BatchNorm layers (default momentum, running "
+                 f"statistics tracked), so that torchvision's weights and statistics carry over.")
 
 
 def test_zero_init_residual_makes_blocks_start_as_identity(device):
@@ -165,26 +182,32 @@ def test_zero_init_residual_makes_blocks_start_as_identity(device):
                  f"whose residual branch is zero must pass its input through unchanged.")
 
 
-def test_resnet18_feature_and_output_shapes(device):
+@pytest.mark.requires("test_block_output_shape_for_any_stride_and_width")
+@pytest.mark.parametrize(("classes", "width"), [(7, 64), (3, 8)], ids=["width64", "width8"])
+def test_resnet18_feature_and_output_shapes(device, classes, width):
     """32x32 stays 32x32 in layer1 (no ImageNet stem), halves per stage; logits (B, classes)."""
-    model = call(resnet.ResNet18, 7, what="ResNet18(num_classes=7)").to(device).eval()
+    what = f"ResNet18({classes}, width={width})"
+    model = call(resnet.ResNet18, classes, width=width, what=what).to(device).eval()
     seen = {}
     hooks = [getattr(model, name).register_forward_hook(
         lambda m, i, o, name=name: seen.__setitem__(name, tuple(o.shape)))
         for name in ("layer1", "layer2", "layer3", "layer4")]
     with torch.no_grad():
         out = call(model, torch.rand(2, 3, 32, 32, device=device),
-                   what="ResNet18(7) on (2, 3, 32, 32)", why=SHORTCUT_HINT)
+                   what=f"{what} on (2, 3, 32, 32)", why=STAGES_HINT)
     for h in hooks:
         h.remove()
-    expected = {"layer1": (2, 64, 32, 32), "layer2": (2, 128, 16, 16),
-                "layer3": (2, 256, 8, 8), "layer4": (2, 512, 4, 4)}
-    if seen != expected or tuple(out.shape) != (2, 7):
-        fail(f"ResNet18(7) on (2, 3, 32, 32): stages gave {seen} and logits "
-             f"{tuple(out.shape)}; expected {expected} and (2, 7). On 32x32 images the stem "
-             f"keeps the full resolution, and each later stage halves it and doubles the width.")
+    w = width
+    expected = {"layer1": (2, w, 32, 32), "layer2": (2, 2 * w, 16, 16),
+                "layer3": (2, 4 * w, 8, 8), "layer4": (2, 8 * w, 4, 4)}
+    if seen != expected or tuple(out.shape) != (2, classes):
+        fail(f"{what} on (2, 3, 32, 32): stages gave {seen} and logits "
+             f"{tuple(out.shape)}; expected {expected} and (2, {classes}). On 32x32 images the "
+             f"stem keeps the full resolution, and each later stage halves it and doubles the "
+             f"width; fc reads the 8 * width pooled features.")
 
 
+@pytest.mark.requires("test_block_output_shape_for_any_stride_and_width")
 def test_body_matches_torchvision_resnet18(device):
     """layer1..layer4 have torchvision's names, shapes and parameter count (11,166,976)."""
     ours = call(resnet.ResNet18, what="ResNet18()")
@@ -202,6 +225,8 @@ def test_body_matches_torchvision_resnet18(device):
              f"torchvision's so that its weights load into them.")
 
 
+@pytest.mark.requires("test_block_output_shape_for_any_stride_and_width",
+                      "test_resnet18_feature_and_output_shapes")
 def test_every_parameter_gets_a_gradient(device):
     """One backward pass reaches every weight of ResNet18 with a finite, non-zero gradient."""
     model = call(resnet.ResNet18, 4, width=8, what="ResNet18(4, width=8)").to(device)
@@ -228,6 +253,7 @@ def test_head_replaces_fc(device, checkpoint):
              f"have nothing to do with yours.")
 
 
+@pytest.mark.requires("test_head_replaces_fc")
 def test_backbone_starts_from_the_pretrained_weights(device, checkpoint):
     """Everything but the head holds the weights and statistics of the checkpoint."""
     model = build(checkpoint, device, freeze=True)
@@ -272,6 +298,21 @@ def test_optimizer_holds_only_the_trainable_parameters(device, checkpoint):
                  f"later unfreezing would move weights that were meant to stay fixed.")
 
 
+def test_make_optimizer_uses_the_given_settings(device):
+    """make_optimizer(model, lr, momentum, weight_decay) builds SGD with exactly those values."""
+    model = call(resnet.ResNet18, 4, width=8, what="ResNet18(4, width=8)").to(device)
+    settings = {"lr": 0.037, "momentum": 0.5, "weight_decay": 1e-3}
+    optimizer = call(transfer.make_optimizer, model, **settings,
+                     what="make_optimizer(model, lr=0.037, momentum=0.5, weight_decay=1e-3)")
+    used = {k: [g.get(k) for g in optimizer.param_groups] for k in settings}
+    wrong = {k: v for k, v in used.items() if any(x != settings[k] for x in v)}
+    if wrong:
+        fail(f"make_optimizer(model, lr=0.037, momentum=0.5, weight_decay=1e-3) built an "
+             f"optimizer whose groups use {wrong}. Expected the values it was given: the "
+             f"script's --lr (0.1 from scratch, 0.01 for pretrained weights) only means "
+             f"something if it reaches the optimizer.")
+
+
 def test_frozen_batchnorm_stays_in_eval_mode(device, checkpoint):
     """set_train_mode: the model trains, but a frozen backbone's BatchNorm layers stay in eval."""
     model = build(checkpoint, device, freeze=True)
@@ -294,6 +335,8 @@ def test_frozen_batchnorm_stays_in_eval_mode(device, checkpoint):
              f"note that model.train() switches every submodule.")
 
 
+@pytest.mark.trains
+@pytest.mark.requires("test_head_replaces_fc", "test_frozen_backbone_trains_only_the_head")
 def test_frozen_backbone_is_unchanged_by_training(device, checkpoint):
     """train_one_epoch with a frozen backbone moves the head only: weights and statistics."""
     model = build(checkpoint, device, freeze=True)
@@ -318,6 +361,7 @@ def test_frozen_backbone_is_unchanged_by_training(device, checkpoint):
              "head is the one part that must learn.")
 
 
+@pytest.mark.trains
 def test_fine_tuning_trains_every_layer(device, checkpoint):
     """freeze_backbone=False: every parameter learns and BatchNorm statistics adapt."""
     model = build(checkpoint, device, freeze=False)
@@ -346,6 +390,49 @@ def normalised(pixels: np.ndarray, mean, std) -> torch.Tensor:
     return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 
+def augmented_candidates(pixels: np.ndarray, mean, std) -> torch.Tensor:
+    """(162, 3, 32, 32): every 32x32 crop of the image padded by 4 black pixels, mirrored
+    or not, normalised: the images CIFAR augmentation may produce (crop k, mirrored if k >= 81)."""
+    padded = np.pad(pixels, ((4, 4), (4, 4), (0, 0)))  # black border, as RandomCrop pads
+    crops = [padded[i:i + 32, j:j + 32] for i in range(9) for j in range(9)]
+    return torch.stack([normalised(c, mean, std) for c in crops]
+                       + [normalised(c[:, ::-1].copy(), mean, std) for c in crops])
+
+
+def closest_candidate(out: torch.Tensor, candidates: torch.Tensor) -> tuple[int, float]:
+    """Index of the candidate nearest to ``out``, and its largest pixel difference."""
+    gaps = (candidates - out.detach().cpu().float()).abs().flatten(1).amax(dim=1)
+    return int(gaps.argmin()), float(gaps.min())
+
+
+def what_differs(out: torch.Tensor, pixels: np.ndarray, mean, std) -> str:
+    """Names the step of (pixels / 255 - mean) / std that ``out`` got wrong, from a
+    per-channel affine fit of the output against the pixels."""
+    x = torch.from_numpy(pixels).permute(2, 0, 1).double().flatten(1)  # (3, 1024) in [0, 255]
+    y = out.detach().cpu().double().flatten(1)
+    a = ((x - x.mean(1, keepdim=True)) * (y - y.mean(1, keepdim=True))).sum(1) / (
+        (x - x.mean(1, keepdim=True)) ** 2).sum(1)  # (3,) slope per channel
+    b = y.mean(1) - a * x.mean(1)
+    if (y - (a[:, None] * x + b[:, None])).abs().max() > 1e-3:
+        return ("the output is not the image's own pixels, converted value by value: it was "
+                "moved, cropped, flipped or resized (evaluation must see the whole image, "
+                "unchanged)")
+    ratio = (a * 255 * torch.tensor(std, dtype=torch.double)).mean().item()  # 1 if right
+    if ratio > 20:
+        return (f"the pixels were not scaled from [0, 255] to [0, 1] before normalising (the "
+                f"output grows about {ratio:.0f} times too fast with the pixel values)")
+    if ratio < 0.05:
+        return (f"the pixels were scaled down more than once (the output grows about "
+                f"{1 / ratio:.0f} times too slowly with the pixel values)")
+    got_std = 1 / (255 * a)
+    got_mean = -b * got_std
+    if got_mean.abs().max() < 1e-3 and (got_std - 1).abs().max() < 1e-3:
+        return "the pixels were scaled to [0, 1], but not normalised with any mean and std"
+    show = lambda t: tuple(round(v, 3) for v in t.tolist())  # noqa: E731
+    return (f"the scaling to [0, 1] is right, but the image was normalised with mean "
+            f"{show(got_mean)} and std {show(got_std)}")
+
+
 def test_normalisation_matches_the_weights():
     """ImageNet weights get ImageNet's mean and std; training from scratch, CIFAR-10's."""
     oracle = IMAGENET.transforms()
@@ -370,22 +457,20 @@ def test_training_augmentation_shifts_and_mirrors():
     """Training images are 32x32 crops of the image padded by 4 black pixels, maybe mirrored."""
     pixels = random_image()
     mean, std = call(cifar.normalization, None, what="normalization(None)")
-    padded = np.pad(pixels, ((4, 4), (4, 4), (0, 0)))  # black border, as RandomCrop pads
-    crops = [padded[i:i + 32, j:j + 32] for i in range(9) for j in range(9)]
-    candidates = torch.stack([normalised(c, mean, std) for c in crops]
-                             + [normalised(c[:, ::-1].copy(), mean, std) for c in crops])
+    candidates = augmented_candidates(pixels, mean, std)
     transform = call(cifar.make_transform, True, None, what="make_transform(train=True)")
     seen = set()
     for _ in range(40):
         out = call(transform, Image.fromarray(pixels), what="the training transform")
-        gaps = (candidates - out.cpu().float()).abs().flatten(1).amax(dim=1)
-        if tuple(out.shape) != (3, 32, 32) or gaps.min() > 1e-4:
+        best, gap = (-1, 1.0) if tuple(out.shape) != (3, 32, 32) else (
+            closest_candidate(out, candidates))
+        if gap > 1e-4:
             fail(f"The training transform turned a 32x32 image into a tensor of shape "
                  f"{tuple(out.shape)} that is not a 32x32 crop of the image padded with 4 "
                  f"black pixels, mirrored or not, then scaled to [0, 1] and normalised. "
                  f"CIFAR augmentation shifts the image by up to 4 pixels and flips it "
                  f"horizontally; it keeps the scale and the colours.")
-        seen.add(int(gaps.argmin()))
+        seen.add(best)
     flipped = {k >= 81 for k in seen}
     shifts = {k % 81 for k in seen}
     if flipped != {False, True} or len(shifts) < 8:
@@ -401,15 +486,44 @@ def test_test_transform_only_converts_and_normalises(weights):
     mean, std = IMAGENET.transforms().mean, IMAGENET.transforms().std
     if weights is None:
         mean, std = call(cifar.normalization, None, what="normalization(None)")
-    transform = call(cifar.make_transform, False, weights, what="make_transform(train=False)")
+    what = f"make_transform(train=False, weights={weights})"
+    transform = call(cifar.make_transform, False, weights, what=what)
     outs = [call(transform, Image.fromarray(pixels), what="the test transform") for _ in range(3)]
     expected = normalised(pixels, mean, std)
-    for out in outs:
-        if tuple(out.shape) != (3, 32, 32) or not torch.allclose(out, expected, atol=1e-5):
-            fail(f"make_transform(train=False, weights={weights}) does not give the image "
-                 f"scaled to [0, 1] and normalised with mean {tuple(mean)}, std {tuple(std)}, "
-                 f"unchanged otherwise. Evaluation must see each image as it is, and with "
-                 f"the statistics the model's weights expect.")
+    if any(tuple(out.shape) != (3, 32, 32) for out in outs):
+        fail(f"{what} turned a 32x32 RGB image into shapes {[tuple(o.shape) for o in outs]}; "
+             f"expected (3, 32, 32) every time: evaluation sees the whole image.")
+    if any(not torch.equal(outs[0], out) for out in outs[1:]):
+        fail(f"{what} gave three different results for one image: the test transform is "
+             f"random. Evaluation must see each image the same way every time, or test "
+             f"accuracy changes between runs with the same weights.")
+    assert_finite(outs[0], f"{what}'s output")
+    if not torch.allclose(outs[0], expected, atol=1e-5):
+        fail(f"{what} does not give (pixels / 255 - mean) / std with mean {tuple(mean)} and "
+             f"std {tuple(std)}: {what_differs(outs[0], pixels, mean, std)}. Evaluation must "
+             f"see each image as it is, with the statistics the model's weights expect.")
+
+
+def test_fake_data_splits_like_cifar10():
+    """fake_data: training images augmented, test images fixed, and the two splits distinct."""
+    train_set, test_set = call(cifar.fake_data, 8, what="fake_data(8)")
+    if len(train_set) != 8 or len(test_set) != 8:
+        fail(f"fake_data(8) gave splits of {len(train_set)} and {len(test_set)} images; "
+             f"expected 8 each.")
+    if any(not torch.equal(test_set[i][0], test_set[i][0]) for i in range(8)):
+        fail("fake_data's test images change from one read to the next: its test split is "
+             "augmented. The smoke data follows CIFAR-10's rules: augmentation for training "
+             "only.")
+    if all(torch.equal(train_set[i][0], train_set[i][0]) for i in range(8)):
+        fail("fake_data's training images come out the same on every read: its training "
+             "split is not augmented, so the dry run never exercises the augmentation.")
+    raw_train, raw_test = copy.copy(train_set), copy.copy(test_set)
+    raw_train.transform = raw_test.transform = np.asarray  # the generated pixels themselves
+    shared = sum(np.array_equal(raw_train[i][0], raw_test[j][0])
+                 for i in range(8) for j in range(8))
+    if shared:
+        fail(f"fake_data(8): {shared} test images are also training images. A test split "
+             f"holds images the model never trained on, even in smoke data.")
 
 
 @pytest.fixture
@@ -422,17 +536,24 @@ def cifar_files(tmp_path):
     return tmp_path, pixels, y
 
 
-def load_cifar(root):
-    return call(cifar.cifar10, root, weights=None, download=False,
+def load_cifar(root, weights=None):
+    return call(cifar.cifar10, root, weights=weights, download=False,
                 dataset_cls=vision_files.LocalCIFAR10,
-                what="cifar10(root, download=False) on 16 local images")
+                what=f"cifar10(root, weights={weights}, download=False) on 16 local images")
 
 
-def test_cifar10_test_split_is_not_augmented(cifar_files):
+def expected_stats(weights):
+    if weights is None:
+        return (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    return tuple(IMAGENET.transforms().mean), tuple(IMAGENET.transforms().std)
+
+
+@pytest.mark.parametrize("weights", [None, IMAGENET], ids=["scratch", "imagenet"])
+def test_cifar10_test_split_is_not_augmented(cifar_files, weights):
     """Test images come out the same every time: normalised, never cropped or flipped."""
     root, pixels, labels = cifar_files
-    _, test_set = load_cifar(root)
-    mean, std = cifar.normalization(None)
+    _, test_set = load_cifar(root, weights)
+    mean, std = cifar.normalization(weights)
     if len(test_set) != 8:
         fail(f"The test split has {len(test_set)} images; 8 were written to test_batch.")
     for i in range(8):
@@ -450,13 +571,24 @@ def test_cifar10_test_split_is_not_augmented(cifar_files):
             fail(f"Test image {i} has label {label}, expected {int(labels[8 + i])}.")
 
 
-def test_cifar10_training_split_is_augmented(cifar_files):
-    """Training images differ between reads (random crops and flips) and keep their labels."""
-    root, _, labels = cifar_files
-    train_set, _ = load_cifar(root)
+@pytest.mark.requires("test_normalisation_matches_the_weights")
+@pytest.mark.parametrize("weights", [None, IMAGENET], ids=["scratch", "imagenet"])
+def test_cifar10_training_split_is_augmented(cifar_files, weights):
+    """Training images differ between reads (random crops and flips), are normalised like
+    the test images, and keep their labels."""
+    root, pixels, labels = cifar_files
+    train_set, _ = load_cifar(root, weights)
     reads = [[train_set[i] for i in range(8)] for _ in range(3)]
     if any(label != labels[i] for read in reads for i, (_, label) in enumerate(read)):
         fail("A training image came back with the wrong label.")
+    mean, std = expected_stats(weights)
+    for i in range(8):
+        _, gap = closest_candidate(reads[0][i][0], augmented_candidates(pixels[i], mean, std))
+        if gap > 1e-3:
+            fail(f"With weights={weights}, training image {i} is not a shifted or mirrored "
+                 f"copy of the image normalised with mean {mean} and std {std}. Both splits "
+                 f"are normalised with the statistics of the weights in use: a network that "
+                 f"trains on one scale and is tested on another sees different inputs.")
     changed = sum(not torch.equal(reads[0][i][0], reads[k][i][0])
                   for i in range(8) for k in (1, 2))
     if changed == 0:
@@ -468,6 +600,110 @@ def test_cifar10_training_split_is_augmented(cifar_files):
 # --- the training script ---------------------------------------------------------------
 
 
+def small_model(device, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = call(resnet.ResNet18, 4, width=8, what="ResNet18(4, width=8)")
+    randomise_batchnorm(model, seed)
+    return model.to(device)
+
+
+def no_scaler(device) -> torch.amp.GradScaler:
+    return torch.amp.GradScaler(device.type, enabled=False)
+
+
+def test_train_step_reports_the_loss_of_its_batch(device):
+    """train_step returns the cross-entropy of the model's logits for (x, y) before the
+    update, and the update lowers that loss."""
+    model = small_model(device)
+    x, y = data.coloured_shapes(n=2, classes=4, seed=4)
+    x, y = x.to(device), y.to(device)
+    before = copy.deepcopy(model).train()
+    with torch.no_grad():
+        expected = nn.functional.cross_entropy(before(x), y)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss = call(train.train_step, model.train(), optimizer, no_scaler(device), x, y, None,
+                what="train_step(model, optimizer, scaler, x, y, amp_dtype=None)")
+    loss = torch.as_tensor(loss).detach().float()
+    assert_finite(loss, "the loss train_step returned")
+    if loss.numel() != 1 or abs(loss.item() - expected.item()) > 1e-4:
+        fail(f"train_step returned {loss.flatten().tolist()[:4]}; the cross-entropy between "
+             f"the model's logits (in training mode, before the step) and the labels y is "
+             f"{expected.item():.4f}. The loss a training loop reports must be the one it "
+             f"minimises, between the model's output and the labels, or every curve and "
+             f"every comparison of runs measures something else.")
+    with torch.no_grad():
+        after = nn.functional.cross_entropy(copy.deepcopy(model).train()(x), y).item()
+    if not after < expected.item():
+        fail(f"After train_step the loss on the same batch went from {expected.item():.4f} "
+             f"to {after:.4f}; one gradient step must lower it (the optimizer must step "
+             f"the model whose loss was differentiated).")
+
+
+def test_train_step_autocasts_only_when_asked(device):
+    """amp_dtype=torch.bfloat16 runs the forward pass in bfloat16; None keeps float32; the
+    weights stay float32 either way (CPU autocast stands in for the GPU's here)."""
+    for amp_dtype in (torch.bfloat16, None):
+        model = small_model(device)
+        seen = []
+        model.fc.register_forward_hook(lambda m, i, o, seen=seen: seen.append(o.dtype))
+        x, y = data.coloured_shapes(n=2, classes=4, seed=4)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        loss = call(train.train_step, model.train(), optimizer, no_scaler(device),
+                    x.to(device), y.to(device), amp_dtype,
+                    what=f"train_step(..., amp_dtype={amp_dtype})")
+        assert_finite(torch.as_tensor(loss).float(),
+                      f"train_step's loss with amp_dtype={amp_dtype}")
+        wanted = amp_dtype or torch.float32
+        weights = {p.dtype for p in model.parameters()}
+        if seen != [wanted] or weights != {torch.float32}:
+            fail(f"train_step(..., amp_dtype={amp_dtype}): the logits were computed in "
+                 f"{seen} and the weights are {sorted(map(str, weights))}. Expected one "
+                 f"forward pass in {wanted} (autocast on exactly when amp_dtype is given) and "
+                 f"float32 weights: mixed precision computes in low precision, it does not "
+                 f"store the model in it.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_train_step_reports_the_loss_of_its_batch")
+def test_train_one_epoch_reports_the_mean_loss_of_its_batches(device):
+    """With lr=0 (nothing moves), train_one_epoch returns the mean of its batches' losses."""
+    model = small_model(device)
+    x, y = data.coloured_shapes(n=6, classes=4, seed=6)  # 24 images: 3 batches of 8
+    loader = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=False)
+    reference = copy.deepcopy(model).train()
+    with torch.no_grad():
+        losses = [nn.functional.cross_entropy(reference(xb.to(device)), yb.to(device)).item()
+                  for xb, yb in loader]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    got = call(train.train_one_epoch, model, loader, optimizer, device,
+               what="train_one_epoch() on 3 batches with lr=0")
+    expected = float(np.mean(losses))
+    if not np.isfinite(got) or abs(got - expected) > 1e-4:
+        fail(f"train_one_epoch reported {got:.4f}; its 3 batches have the losses "
+             f"{[round(v, 4) for v in losses]} (the weights cannot move with lr=0), whose "
+             f"mean is {expected:.4f}. An epoch's loss is the mean over all its batches, not "
+             f"the last one or a sum.")
+
+
+@pytest.mark.trains
+def test_train_one_epoch_covers_every_batch_or_max_steps(device):
+    """Without max_steps an epoch takes every batch once; with max_steps=k, exactly k."""
+    x, y = data.coloured_shapes(n=5, classes=4, seed=7)  # 20 images: 5 batches of 4
+    loader = DataLoader(TensorDataset(x, y), batch_size=4)
+    for max_steps, wanted in ((None, 5), (2, 2)):
+        model = small_model(device)
+        steps = []
+        model.register_forward_pre_hook(lambda m, i, steps=steps: steps.append(len(i[0])))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        call(train.train_one_epoch, model, loader, optimizer, device, max_steps=max_steps,
+             what=f"train_one_epoch(..., max_steps={max_steps}) on 5 batches")
+        if len(steps) != wanted:
+            fail(f"train_one_epoch(..., max_steps={max_steps}) on a loader of 5 batches ran "
+                 f"{len(steps)} training steps; expected {wanted}. An epoch sees every "
+                 f"batch once, and max_steps caps it at exactly that many steps (the dry run "
+                 f"and quick experiments rely on it).")
+
+
 def test_evaluate_reports_accuracy_in_eval_mode(device):
     """evaluate() gives the eval-mode accuracy and leaves the model's statistics alone."""
     model = call(resnet.ResNet18, 4, width=8, what="ResNet18(4, width=8)").to(device)
@@ -475,17 +711,20 @@ def test_evaluate_reports_accuracy_in_eval_mode(device):
     x, y = data.coloured_shapes(n=8, classes=4, seed=1)
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    got = call(train.evaluate, model, DataLoader(TensorDataset(x, y), batch_size=8), device,
-               what="evaluate() on 32 shapes")
+    got = call(train.evaluate, model, DataLoader(TensorDataset(x, y), batch_size=12), device,
+               what="evaluate() on 32 shapes in batches of 12")
     moved = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     expected = accuracy_of(model, x, y, device)
-    if moved or abs(got - expected) > 1e-6:
-        fail(f"evaluate() reported {got:.1%} (the model in eval mode gets {expected:.1%}) "
-             f"and changed {len(moved)} tensors of the model (e.g. {moved[:2]}). Evaluation "
-             f"runs in eval mode, where BatchNorm uses its stored statistics and updates "
-             f"nothing, and without building a graph.")
+    if moved or not abs(got - expected) <= 1e-6:
+        fail(f"evaluate() reported {got:.1%} (the model in eval mode gets {expected:.1%} on "
+             f"all 32 images) and changed {len(moved)} tensors of the model (e.g. "
+             f"{moved[:2]}). Evaluation runs in eval mode, where BatchNorm uses its stored "
+             f"statistics and updates nothing, and counts every image of every batch, the "
+             f"last and smaller one too.")
 
 
+@pytest.mark.trains
+@pytest.mark.requires("test_train_step_reports_the_loss_of_its_batch")
 def test_train_steps_for_benchmarks(device):
     """train_steps runs N timed steps on a device-resident batch, in channels_last too."""
     model = call(resnet.ResNet18, 4, width=8, what="ResNet18(4, width=8)").to(device)
@@ -501,15 +740,87 @@ def test_train_steps_for_benchmarks(device):
              f"{losses[-1]:.3f}): each step must update the model it is given.")
 
 
-def test_dry_run_trains_offline_on_cpu(tmp_path):
-    """`python train.py --dry-run` runs a couple of steps on fake data: no GPU, no network."""
-    script = Path(train.resolve().__file__)
-    proc = subprocess.run([sys.executable, str(script), "--dry-run"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0 or "test accuracy" not in proc.stdout:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-6:])
-        fail(f"python train.py --dry-run exited with {proc.returncode}; expected it to train "
-             f"two steps on fake images and print a test accuracy. Its last lines:\n{tail}")
+def test_device_and_precision_choices():
+    """pick_device("auto") takes the best device this machine has; mixed precision only on
+    CUDA (a CPU or MPS run stays in float32)."""
+    best = "cuda" if torch.cuda.is_available() else (
+        "mps" if torch.backends.mps.is_available() else "cpu")
+    picked = call(train.pick_device, "auto", what='pick_device("auto")')
+    chosen = call(train.pick_device, "cpu", what='pick_device("cpu")')
+    if torch.device(picked).type != best or torch.device(chosen).type != "cpu":
+        fail(f'pick_device("auto") gave {picked} and pick_device("cpu") gave {chosen} on a '
+             f'machine whose best device is {best}; expected {best} and cpu: "auto" takes '
+             f"the fastest device there is, and a named device is taken as asked.")
+    dtype = call(train.amp_dtype_for, torch.device("cpu"), what='amp_dtype_for(cpu)')
+    if dtype is not None:
+        fail(f"amp_dtype_for(cpu) gave {dtype}; expected None (float32). Autocast to half "
+             f"precision pays off on CUDA GPUs; on a CPU it is slow or unsupported.")
+
+
+@pytest.mark.parametrize("argv", [["--epochs", "0"], ["--batch-size", "-2"],
+                                  ["--device", "gpu"], ["--dataset", "cifar10"],
+                                  ["--checkpoint", "missing.pt"]],
+                         ids=["epochs0", "batch-2", "bad-device", "no-cifar", "no-checkpoint"])
+def test_script_rejects_bad_input_in_one_line(argv, tmp_path, monkeypatch, capsys):
+    """Nonsense arguments and missing files end the script with one clear line, not a
+    traceback, before anything trains; CIFAR-10 is never downloaded unless asked."""
+    monkeypatch.chdir(tmp_path)
+    if argv[0] == "--dataset":
+        argv = [*argv, "--data", str(tmp_path / "data")]
+    with pytest.raises(SystemExit) as stop:
+        call(train.main, argv, what=f"train.main({argv})")
+    said = capsys.readouterr().err.strip().splitlines() or [str(stop.value.code)]
+    if stop.value.code in (0, None) or not said[-1].strip():
+        fail(f"`python train.py {' '.join(argv)}` ended with exit code {stop.value.code}; "
+             f"expected a non-zero exit and one line that says what is wrong.")
     if any(tmp_path.iterdir()):
-        fail(f"The dry run wrote {sorted(p.name for p in tmp_path.iterdir())} into its "
-             f"working directory; a smoke test must not download or save anything.")
+        fail(f"`python train.py {' '.join(argv)}` wrote "
+             f"{sorted(p.name for p in tmp_path.iterdir())}: a run that stops on bad input "
+             f"must not download or save anything.")
+
+
+DRY_RUN = "test_dry_run_trains_offline_on_cpu"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def dry_run(request, tmp_path_factory):
+    """Starts `python train.py --dry-run` in the background as soon as this file's tests begin
+    (when its test was selected), so that the script's start-up overlaps the other tests."""
+    if not any(item.name == DRY_RUN for item in request.session.items):
+        yield None
+        return
+    folder = targets.resolve(Path(__file__).parent)
+    cwd = tmp_path_factory.mktemp("dry-run")
+    with (cwd / "out.txt").open("w") as out, (cwd / "err.txt").open("w") as err:
+        proc = subprocess.Popen([sys.executable, str(folder / "train.py"), "--dry-run"],
+                                cwd=cwd, stdout=out, stderr=err,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+    yield proc, cwd
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_block_output_shape_for_any_stride_and_width",
+                      "test_resnet18_feature_and_output_shapes")
+def test_dry_run_trains_offline_on_cpu(dry_run):
+    """`python train.py --dry-run` runs a couple of steps on fake data: no GPU, no network,
+    nothing saved, and it says that its accuracy means nothing."""
+    proc, cwd = dry_run
+    try:
+        code = proc.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        fail("`python train.py --dry-run` did not finish within 5 minutes.")
+    stdout, stderr = (cwd / "out.txt").read_text(), (cwd / "err.txt").read_text()
+    if code != 0 or "test accuracy" not in stdout:
+        tail = "\n".join((stdout + stderr).strip().splitlines()[-6:])
+        fail(f"python train.py --dry-run exited with {code}; expected it to train "
+             f"two steps on fake images and print a test accuracy. Its last lines:\n{tail}")
+    if "means nothing" not in stdout:
+        fail(f"The dry run printed a test accuracy without saying that it means nothing "
+             f"(random images, two steps):\n{stdout[-400:]}")
+    made = sorted(p.name for p in cwd.iterdir() if p.name not in ("out.txt", "err.txt"))
+    if made:
+        fail(f"The dry run wrote {made} into its working directory; a smoke test must not "
+             f"download or save anything.")

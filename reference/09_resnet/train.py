@@ -1,16 +1,22 @@
 """Train a ResNet18 on CIFAR-10: from scratch, or from torchvision's ImageNet weights.
 
     python train.py --dry-run                    # 2 steps on fake images: CPU, offline
-    python train.py --dataset cifar10            # ResNet18 for 32x32 from scratch
+    python train.py --dataset cifar10 --download # ResNet18 for 32x32 from scratch
     python train.py --dataset cifar10 --pretrained             # ImageNet weights, head only
     python train.py --dataset cifar10 --pretrained --finetune  # ImageNet weights, all layers
+
+Offline by default: ``--download`` allows fetching CIFAR-10 and the ImageNet weights once.
+The trained weights go to runs/resnet18.pt beside this script unless ``--save`` says where.
 
 On CUDA it uses mixed precision (bfloat16 where supported, else float16 with loss scaling)
 and channels_last memory; elsewhere float32.
 """
 
 import argparse
+import pickle
+import sys
 import time
+from pathlib import Path
 
 import torch
 from cifar import cifar10, fake_data
@@ -20,6 +26,8 @@ from torch.utils.data import DataLoader
 from torchvision.models import ResNet18_Weights
 from tqdm import tqdm
 from transfer import build_transfer_model, make_optimizer, set_train_mode
+
+HERE = Path(__file__).resolve().parent  # outputs go to HERE / "runs", whatever the cwd
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -120,48 +128,82 @@ def train_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int =
             "images_per_second": steps * len(x) / seconds}
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", choices=["cifar10", "fake"], default="cifar10")
-    p.add_argument("--data", default="data", help="download folder (default: %(default)s)")
+    p.add_argument("--dataset", choices=["fake", "cifar10"], default="fake",
+                   help="fake: random images, offline, chance accuracy (default: %(default)s)")
+    p.add_argument("--data", default=str(HERE / "data"), help="CIFAR-10's folder")
+    p.add_argument("--download", action="store_true",
+                   help="allow downloading CIFAR-10 (170 MB) and ImageNet weights (45 MB)")
     p.add_argument("--pretrained", action="store_true", help="start from ImageNet weights")
     p.add_argument("--checkpoint", help="a saved torchvision resnet18 state_dict (offline)")
     p.add_argument("--finetune", action="store_true", help="train the backbone too")
-    p.add_argument("--width", type=int, default=64, help="from scratch: layer1's channels")
-    p.add_argument("--epochs", type=int, default=30, help="default: %(default)s")
-    p.add_argument("--batch-size", type=int, default=128, help="default: %(default)s")
+    p.add_argument("--width", type=positive_int, default=64, help="from scratch: layer1's channels")
+    p.add_argument("--epochs", type=positive_int, default=30, help="default: %(default)s")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="default: %(default)s")
     p.add_argument("--lr", type=float, help="default: 0.1 from scratch, 0.01 pretrained")
-    p.add_argument("--max-steps", type=int, help="at most this many steps per epoch")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
+    p.add_argument("--max-steps", type=positive_int, help="at most this many steps per epoch")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
+                   help="default: %(default)s")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--save", help="write the trained state_dict to this file")
+    p.add_argument("--save", help="where to write the trained state_dict "
+                   "(default: runs/resnet18.pt beside this script; a dry run saves nothing)")
     p.add_argument("--dry-run", action="store_true",
                    help="2 steps of a narrow model on fake data: CPU, offline")
     args = p.parse_args(argv)
+    if (args.lr is not None and args.lr <= 0) or args.workers < 0:
+        p.error("--lr must be positive, and --workers at least 0")
     if args.dry_run:
         args.dataset, args.device, args.epochs, args.max_steps = "fake", "cpu", 1, 2
         args.batch_size, args.workers, args.compile = 4, 0, False
         args.width = min(args.width, 16)  # a narrow model: the dry run checks the plumbing
+    if args.device in ("cuda", "mps") and not getattr(torch, args.device).is_available():
+        p.error(f"--device {args.device}: no {args.device} device on this machine")
+    weights = ResNet18_Weights.DEFAULT  # its metadata decides the normalisation
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    fetch = args.pretrained and not (args.dry_run or args.checkpoint)
+    if fetch and not (args.download or cached.is_file()):
+        p.error("--pretrained needs torchvision's ImageNet weights: add --download to fetch "
+                "them once (45 MB), or pass --checkpoint FILE")
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        p.error(f"--checkpoint {args.checkpoint}: no such file")
 
     torch.manual_seed(0)
     device = pick_device(args.device)
     amp_dtype, channels_last = amp_dtype_for(device), device.type == "cuda"
     pretrained = args.pretrained or args.checkpoint is not None
-    weights = ResNet18_Weights.DEFAULT if pretrained else None  # decides the normalisation
+    weights = weights if pretrained else None
     if args.dataset == "fake":
         train_set, test_set = fake_data(2 * args.batch_size, weights)
+        print("fake data: random images and labels, so the accuracy is chance and means nothing")
     else:
-        train_set, test_set = cifar10(args.data, weights, download=True)
+        try:
+            train_set, test_set = cifar10(args.data, weights, download=args.download)
+        except RuntimeError as error:  # torchvision: "Dataset not found or corrupted"
+            raise SystemExit(f"CIFAR-10 in {args.data}: {error}".replace(
+                "You can use download=True", "Add --download")) from None
     loader_args = dict(batch_size=args.batch_size, num_workers=args.workers,
                        pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
     train_loader = DataLoader(train_set, shuffle=True, drop_last=True, **loader_args)
     test_loader = DataLoader(test_set, **loader_args)
 
     if pretrained:
-        download = weights if not (args.dry_run or args.checkpoint) else None
-        model = build_transfer_model(10, weights=download, freeze_backbone=not args.finetune,
-                                     checkpoint=args.checkpoint)
+        try:
+            model = build_transfer_model(10, weights=weights if fetch else None,
+                                         freeze_backbone=not args.finetune,
+                                         checkpoint=args.checkpoint)
+        except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, ValueError) as error:
+            raise SystemExit(f"--checkpoint {args.checkpoint}: not a torchvision resnet18 "
+                             f"state_dict ({str(error).splitlines()[0]})") from None
     else:
         model = ResNet18(10, width=args.width, zero_init_residual=True)
     model = model.to(device)
@@ -176,13 +218,18 @@ def main(argv: list[str] | None = None) -> None:
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
         loss = train_one_epoch(run, train_loader, optimizer, device, amp_dtype, channels_last,
-                               args.max_steps, progress=True)
+                               args.max_steps, progress=sys.stderr.isatty())
         scheduler.step()
         accuracy = evaluate(run, test_loader, device, amp_dtype, channels_last)
         print(f"epoch {epoch}/{args.epochs}: train loss {loss:.3f}, "
               f"test accuracy {accuracy:.1%} ({time.perf_counter() - start:.0f} s)")
-    if args.save:
-        torch.save(model.state_dict(), args.save)
+    if args.dry_run and not args.save:
+        print("dry run: nothing saved, and the accuracy above means nothing")
+        return
+    save = Path(args.save) if args.save else HERE / "runs" / "resnet18.pt"
+    save.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), save)
+    print(f"saved the trained weights to {save}")
 
 
 if __name__ == "__main__":

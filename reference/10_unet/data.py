@@ -43,11 +43,12 @@ class PairsAsDicts(torch.utils.data.Dataset):
         return self.transform(sample)
 
 
-def sbd(root: str | Path, image_set: str = "train", download: bool = True):
+def sbd(root: str | Path, image_set: str = "train", download: bool = False):
     """torchvision's Semantic Boundaries Dataset as (RGB PIL image, PIL mask) pairs.
 
-    ``image_set`` is "train" (8,498 images) or "val" (2,857). The archive (1.4 GB) is
-    fetched once into ``root``; asking torchvision to download again would re-extract it.
+    ``image_set`` is "train" (8,498 images) or "val" (2,857). With ``download`` the archive
+    (1.4 GB) is fetched once into ``root``; asking torchvision to download again would
+    re-extract it.
     """
     from torchvision.datasets import SBDataset
 

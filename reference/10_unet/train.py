@@ -1,13 +1,16 @@
 """Train a MONAI U-Net to segment images: synthetic circles offline, or SBD when online.
 
     python train.py                                # synthetic circles (no download)
-    python train.py --dataset sbd --epochs 40      # PASCAL VOC objects (downloads 1.4 GB once)
+    python train.py --dataset sbd --download       # PASCAL VOC objects (fetches 1.4 GB once)
     python train.py --dry-run                      # two batches of everything: a smoke test
 
-Picks CUDA when it is there, with bfloat16 autocast and channels-last memory.
+Picks CUDA when it is there, with bfloat16 autocast and channels-last memory. The weights
+go to runs/unet.pt beside this script unless --checkpoint says where.
 """
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 from data import SBD_CLASSES, PairsAsDicts, sbd, synthetic_pairs
@@ -16,6 +19,8 @@ from monai.data import DataLoader
 from torch import nn
 from tqdm import tqdm
 from transforms import train_transforms, val_transforms
+
+HERE = Path(__file__).resolve().parent  # outputs go to HERE / "runs", whatever the cwd
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
@@ -75,7 +80,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, num_
     """Train with AdamW and Dice + cross-entropy; validate after every epoch.
 
     Returns one ``{"epoch", "loss", "dice"}`` record per epoch (mean training loss, and
-    mean validation Dice).
+    mean validation Dice). ``progress`` prints one line per epoch (and a bar on a terminal).
     """
     device = torch.device(device)
     model.to(device)
@@ -87,7 +92,8 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, num_
     for epoch in range(1, epochs + 1):
         model.train()
         total = torch.zeros((), device=device)
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{epochs}", disable=not progress)
+        bar = tqdm(train_loader, desc=f"epoch {epoch}/{epochs}",
+                   disable=not (progress and sys.stderr.isatty()))  # no bars in a log file
         for batch in bar:
             images = batch["image"].to(device, non_blocking=True)
             labels = batch["label"].to(device, non_blocking=True)
@@ -100,21 +106,44 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, num_
     return history
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=["synthetic", "sbd"], default="synthetic")
-    parser.add_argument("--data-dir", default="data/sbd", help="SBD's folder [%(default)s]")
-    parser.add_argument("--size", type=int, default=None, help="image side [64; sbd: 256]")
-    parser.add_argument("--epochs", type=int, default=20, help="[%(default)s]")
-    parser.add_argument("--batch-size", type=int, default=16, help="[%(default)s]")
+    parser.add_argument("--data-dir", default=str(HERE / "data" / "sbd"), help="SBD's folder")
+    parser.add_argument("--download", action="store_true", help="allow fetching SBD (1.4 GB)")
+    parser.add_argument("--size", type=positive_int,
+                        help="image side, a multiple of 8 [64; sbd: 256]")
+    parser.add_argument("--epochs", type=positive_int, default=20, help="[%(default)s]")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="[%(default)s]")
     parser.add_argument("--lr", type=float, default=1e-3, help="[%(default)s]")
     parser.add_argument("--workers", type=int, default=4, help="loader processes [%(default)s]")
-    parser.add_argument("--checkpoint", default="unet.pt", help="[%(default)s]")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--checkpoint", default=str(HERE / "runs" / "unet.pt"),
+                        help="where to save the weights [runs/unet.pt beside this script]")
     parser.add_argument("--dry-run", action="store_true", help="two small batches: a smoke test")
     args = parser.parse_args(argv)
+    if args.size is not None and args.size % 8:
+        parser.error(f"--size {args.size}: the U-Net halves the image 3 times, so the side "
+                     f"must be a multiple of 8")
+    if args.lr <= 0 or args.workers < 0:
+        parser.error("--lr must be positive, and --workers at least 0")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device on this machine")
+    if args.dataset == "sbd" and not (args.download or (Path(args.data_dir) / "img").is_dir()):
+        parser.error(f"--dataset sbd: no SBD in {args.data_dir}; add --download to fetch it "
+                     f"(1.4 GB) once")
 
     torch.manual_seed(0)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if args.device == "auto" else args.device)
     cuda = device.type == "cuda"
     bf16 = cuda and torch.cuda.is_bf16_supported()
     torch.backends.cudnn.benchmark = cuda
@@ -124,7 +153,8 @@ def main(argv: list[str] | None = None) -> None:
         epochs, workers, batch_size, n_train, n_val = 1, 0, 4, 8, 4
     if args.dataset == "sbd":
         size, in_channels, num_classes = args.size or 256, 3, SBD_CLASSES
-        train_pairs, val_pairs = sbd(args.data_dir, "train"), sbd(args.data_dir, "val")
+        train_pairs = sbd(args.data_dir, "train", download=args.download)
+        val_pairs = sbd(args.data_dir, "val", download=args.download)
     else:
         size, in_channels, num_classes = args.size or 64, 1, 3
         train_pairs = synthetic_pairs(n_train, size, num_classes, seed=0)
@@ -142,10 +172,14 @@ def main(argv: list[str] | None = None) -> None:
     history = fit(model, train_loader, val_loader, num_classes, epochs, args.lr, device,
                   roi_size=size, amp_dtype=torch.bfloat16 if bf16 else None,
                   channels_last=cuda, progress=True)
-    torch.save(model.state_dict(), args.checkpoint)
+    checkpoint = Path(args.checkpoint)
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), checkpoint)
     best = max(history, key=lambda h: h["dice"])
     print(f"best validation Dice {best['dice']:.3f} (epoch {best['epoch']}); "
-          f"final weights saved to {args.checkpoint}")
+          f"final weights saved to {checkpoint}")
+    if args.dry_run:
+        print("dry run: a few steps on a few images, so this Dice means nothing")
 
 
 if __name__ == "__main__":
