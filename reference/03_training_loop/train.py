@@ -2,16 +2,21 @@
 early stopping that hands back the best weights.
 
     python train.py                          # two moons, at most 60 epochs, stops early
-    python train.py --patience 0 --plot curves.png
+    python train.py --patience 0 --plot no_early_stop.png
+
+The loss curves go to runs/curves.png beside this script unless --plot says otherwise.
 """
 
 import argparse
+from pathlib import Path
 
 import torch
 from early_stopping import EarlyStopping
 from model import SmallNet
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+
+RUNS = Path(__file__).resolve().parent / "runs"  # what the script writes, whatever the cwd
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, loss_fn,
@@ -86,13 +91,32 @@ def fit(model: nn.Module, train_loader, val_loader, optimizer: torch.optim.Optim
     return history
 
 
-def main() -> None:
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=60, help="default: %(default)s")
+    parser.add_argument("--epochs", type=positive_int, default=60, help="default: %(default)s")
     parser.add_argument("--lr", type=float, default=0.05, help="default: %(default)s")
     parser.add_argument("--patience", type=int, default=8, help="0: never stop early")
-    parser.add_argument("--plot", default="", help="save the loss curves to this PNG file")
-    args = parser.parse_args()
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="auto: cuda if available (default: %(default)s)")
+    parser.add_argument("--plot", type=Path, default=RUNS / "curves.png",
+                        help="where to save the loss curves (default: runs/curves.png)")
+    args = parser.parse_args(argv)
+    if not args.lr > 0:
+        parser.error(f"--lr must be positive, got {args.lr}")
+    if args.patience < 0:
+        parser.error(f"--patience must be 0 or more, got {args.patience}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU is available here")
+    device = args.device if args.device != "auto" else (
+        "cuda" if torch.cuda.is_available() else "cpu")
 
     from sklearn.datasets import make_moons
 
@@ -101,25 +125,28 @@ def main() -> None:
     x, y = torch.tensor(x, dtype=torch.float32), torch.tensor(y)
     train = DataLoader(TensorDataset(x[:1000], y[:1000]), batch_size=50, shuffle=True)
     val = DataLoader(TensorDataset(x[1000:], y[1000:]), batch_size=200)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     model = SmallNet()
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=10, gamma=0.5)
     history = fit(model, train, val, optimizer, epochs=args.epochs, scheduler=scheduler,
                   patience=args.patience, device=device, verbose=True)
-    if args.plot:
-        import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    import matplotlib
 
-        plt.plot(history["train_loss"], label="train")
-        plt.plot(history["val_loss"], label="validation")
-        plt.xlabel("epoch")
-        plt.ylabel("loss")
-        plt.legend()
-        plt.savefig(args.plot)
-        print(f"saved {args.plot}")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot(range(1, len(history["train_loss"]) + 1), history["train_loss"], label="train")
+    ax.plot(range(1, len(history["val_loss"]) + 1), history["val_loss"], label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend()
+    args.plot.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.plot)
+    plt.close(fig)
+    print(f"saved the loss curves to {args.plot}")
+    return history
 
 
 if __name__ == "__main__":

@@ -72,7 +72,11 @@ def make_datasets(name: str, root: str = "data", download: bool = False,
     source = registry[name]
     plain = source(root, train=True, transform=to_float_image(), download=download)
     mean, std = channel_stats(plain)
-    size = plain[0][0].shape[-1]
+    channels, size = plain[0][0].shape[0], plain[0][0].shape[-1]  # images are (C, H, W)
+    if mean.shape != (channels,) or std.shape != (channels,):
+        raise ValueError(f"channel_stats gave statistics of shape {tuple(mean.shape)} and "
+                         f"{tuple(std.shape)} for images with {channels} channel(s); Normalize "
+                         f"needs one mean and one std per channel, shape ({channels},)")
     train_tf = make_transform(mean, std, size, augment=True, mirror=name in MIRROR_SAFE)
     test_tf = make_transform(mean, std, size)
     train = source(root, train=True, transform=train_tf, download=download)
