@@ -254,9 +254,12 @@ class Client:
         sock = self._connect()
         if sock is None:
             return False
-        with sock:
-            _send(sock, {"op": "ping", "fingerprint": fingerprint(self.root)})
-            reply = _read_message(sock)
+        try:
+            with sock:
+                _send(sock, {"op": "ping", "fingerprint": fingerprint(self.root)})
+                reply = _read_message(sock)
+        except OSError:  # a worker on its way out
+            return False
         if reply and reply.get("stale"):
             time.sleep(0.1)  # it is exiting; a fresh one will be started
             return False
@@ -283,9 +286,15 @@ class Client:
         sock = self._connect()
         if sock is None:
             return False
-        with sock:
-            _send(sock, {"op": "stop"})
-            _read_message(sock)
+        try:
+            with sock:
+                _send(sock, {"op": "stop"})
+                _read_message(sock)
+        except OSError:
+            return False
+        deadline = time.monotonic() + 5
+        while self.path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
         return True
 
     def submit(self, args: list[str], out: Path, env: dict[str, str], preload_names: list[str],
