@@ -749,11 +749,35 @@ def test_command_line_rejects_nonsense_arguments(tmp_path, monkeypatch):
 
 
 def _run(script, cwd, *argv: str, device) -> subprocess.CompletedProcess:
-    # One thread: a model this small gains little from more, and threads that wait on each
-    # other stall badly on a busy CPU (the self-check runs several suites at once).
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(script), *argv, "--device", device.type],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    """`python script ARGV --device D` run from ``cwd``, in this process (a new Python would
+    import torch again, for seconds): main(argv) of the copy, its output captured."""
+    import contextlib
+    import io
+    import traceback
+
+    from torchkata.loader import StarterImportError, load
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    here = os.getcwd()
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                load(script.parent, script.stem).main([*argv, "--device", device.type])
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+                if not isinstance(exc.code, int) and exc.code is not None:
+                    print(exc.code, file=sys.stderr)
+            except StarterImportError as exc:
+                code = 1
+                print(f"Traceback (most recent call last):\nImportError: {exc}", file=sys.stderr)
+            except Exception:  # noqa: BLE001 - a crash of the learner's script is the finding
+                code = 1
+                traceback.print_exc()
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess([str(script), *argv], code, out.getvalue(),
+                                       err.getvalue())
 
 
 @pytest.fixture(scope="module")
