@@ -110,3 +110,16 @@ def check(session: nox.Session) -> None:
     session.run(python, "-m", "pytest", "exercises", "--target=reference", "--device=cpu",
                 external=True)
     session.run(python, "-m", "pytest", "tests/test_mutants.py", external=True)
+
+
+@nox.session(venv_backend="none")
+def mutation(session: nox.Session) -> None:
+    """Mutation testing: cosmic-ray's mutants of each reference against its suite.
+
+    `nox -s mutation -- 01_mlp 02_autograd` (no names: every exercise) prints per exercise
+    the mutants killed, survived, equivalent (reference/NN_topic/equivalent_mutants.toml) and
+    timed out, and the score killed / (total - equivalent). Slow (minutes per exercise): not
+    part of `check`.
+    """
+    session.run(_python(session), "-m", "torchkata.mutation", "run", *session.posargs,
+                external=True)

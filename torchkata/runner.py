@@ -54,7 +54,9 @@ class RunResult:
 def pytest_args(folder: str, device: str | None, target: str | None, verbose: bool,
                 extra: list[str] = ()) -> list[str]:
     """Arguments of ``pytest exercises/NN_topic ...``, run with the repository as cwd."""
-    args = [folder, "-p", "no:cacheprovider", "-p", "torchkata.events"]
+    # the warm worker imported pytest's plugins before pytest could rewrite their asserts
+    args = [folder, "-p", "no:cacheprovider", "-p", "torchkata.events",
+            "-W", "ignore::pytest.PytestAssertRewriteWarning"]
     if device:
         args.append(f"--device={device}")
     if target:

@@ -105,6 +105,7 @@ def fork_pytest(args: list[str], out: Path, cwd: str | None = None,
         if env is not None:
             os.environ.clear()
             os.environ.update(env)
+            sys.dont_write_bytecode = bool(env.get("PYTHONDONTWRITEBYTECODE"))
         if threads:
             os.environ["TORCHKATA_THREADS"] = str(threads)
         import pytest
