@@ -243,3 +243,37 @@ def _learner_frame(exc: BaseException) -> str:
             shown = path
         found = f"{shown}:{frame.lineno}: {frame.line}"
     return found
+
+
+def how_script_ended(main: Callable, argv: list[str]) -> str:
+    """Run a script's ``main(argv)`` in this process, the way a bad command line would.
+
+    Returns '' when it ended as a tool should on bad input (SystemExit with a non-zero
+    status and at most a one-line message), else what it did instead, for a test's message.
+    """
+    try:
+        main(argv)
+    except SystemExit as exc:
+        if exc.code in (0, None):
+            return "exited with status 0, as if all went well"
+        if isinstance(exc.code, str) and "\n" in exc.code.strip():
+            return f"exited with a message of several lines: {exc.code[:300]!r}"
+        return ""
+    except Exception as exc:  # noqa: BLE001 - any other error is the finding
+        return f"raised {type(exc).__name__}: {_first_line(exc)[:200]}"
+    return "carried on and returned normally"
+
+
+def network_attempts(monkeypatch) -> list:
+    """Refuse every network connection for the rest of the test; the list records each try."""
+    import socket
+
+    attempts: list = []
+
+    def no_network(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("no network in the tests")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    return attempts

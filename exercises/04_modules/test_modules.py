@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from torchkata import under_test
-from torchkata.checks import assert_close_to_oracle, call, fail
+from torchkata.checks import assert_close_to_oracle, call, fail, how_script_ended
 from torchkata.strategies import reshape_pairs
 
 layers = under_test("layers")
@@ -433,13 +433,7 @@ def test_script_rejects_bad_arguments(capsys):
     for argv in (["--layer", "features.9"], ["--layer", "conv1"], ["--channel", "-1"],
                  ["--channel", "8"], ["--layer", "classifier.1", "--channel", "0"]):
         command = "python hooks.py " + " ".join(argv)
-        try:
-            hooks.main(argv)
-            outcome = "ran to the end"
-        except SystemExit as exc:
-            outcome = "exited with status 0" if exc.code in (0, None) else ""
-        except Exception as exc:  # noqa: BLE001 - a traceback is the finding
-            outcome = f"raised {type(exc).__name__}: {exc}"
+        outcome = how_script_ended(hooks.main, argv)
         if outcome:
             fail(f"{command} {outcome}. Expected one clear line naming the bad argument "
                  f"(features.1 has 8 channels; classifier.1 outputs scores, not feature maps) "

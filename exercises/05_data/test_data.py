@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from torch.utils.data import TensorDataset
 
 from torchkata import under_test
-from torchkata.checks import call, fail
+from torchkata.checks import call, fail, how_script_ended
 from torchkata.vision_files import write_cifar10, write_mnist
 
 dataset = under_test("dataset")
@@ -653,13 +653,7 @@ def test_script_rejects_bad_arguments(capsys):
     cases = BAD_ARGUMENTS + ([] if torch.cuda.is_available() else [["--device", "cuda"]])
     for argv in cases:
         command = "python main.py " + " ".join(argv)
-        try:
-            main.main(argv)
-            outcome = "ran to the end"
-        except SystemExit as exc:
-            outcome = "exited with status 0" if exc.code in (0, None) else ""
-        except Exception as exc:  # noqa: BLE001 - a traceback is the finding
-            outcome = f"raised {type(exc).__name__}: {exc}"
+        outcome = how_script_ended(main.main, argv)
         if outcome:
             fail(f"{command} {outcome}. Expected argparse to refuse the argument: one line "
                  f"on stderr and a non-zero exit, before any data is read.")

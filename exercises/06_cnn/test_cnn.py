@@ -10,7 +10,6 @@ import copy
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -24,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from torchkata import data as kata_data
 from torchkata import under_test
-from torchkata.checks import assert_grads_flow, call, fail
+from torchkata.checks import assert_grads_flow, call, fail, how_script_ended, network_attempts
 from torchkata.vision_files import write_mnist
 
 trains = pytest.mark.trains
@@ -373,14 +372,7 @@ def test_load_cuts_the_data_sets_to_the_sizes_asked(tmp_path):
 
 def test_torchvision_digits_stay_offline_by_default(tmp_path, monkeypatch):
     """torchvision_digits does not try to download unless it is asked to."""
-    attempts = []
-
-    def no_network(*args, **kwargs):
-        attempts.append(args)
-        raise OSError("no network in the tests")
-
-    monkeypatch.setattr(socket, "create_connection", no_network)
-    monkeypatch.setattr(socket.socket, "connect", no_network)
+    attempts = network_attempts(monkeypatch)
     try:
         data.torchvision_digits("mnist", root=str(tmp_path / "empty"))
     except Exception:  # noqa: BLE001,S110 - a clear "not found" error is the expected outcome
@@ -692,17 +684,7 @@ def test_evaluate_loads_only_weights(tmp_path, device):
 
 def _exits_cleanly(argv: list[str]) -> str:
     """Run main.main(argv) in this process; '' if it ends in SystemExit(non-zero), else why not."""
-    try:
-        main.main(argv)
-    except SystemExit as exc:
-        if exc.code in (0, None):
-            return "exited with status 0, as if all went well"
-        if isinstance(exc.code, str) and "\n" in exc.code.strip():
-            return f"exited with a message of several lines: {exc.code[:300]!r}"
-        return ""
-    except Exception as exc:  # noqa: BLE001 - any other error is the finding
-        return f"raised {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-    return "carried on and returned normally"
+    return how_script_ended(main.main, argv)
 
 
 def test_evaluate_explains_a_missing_or_broken_checkpoint(tmp_path, device):

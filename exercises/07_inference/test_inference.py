@@ -6,7 +6,6 @@ what the code did instead, and why it matters.
 
 import copy
 import re
-import socket
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from torch import nn
 
 from torchkata import data as kata_data
 from torchkata import under_test
-from torchkata.checks import assert_close_to_oracle, call, fail
+from torchkata.checks import assert_close_to_oracle, call, fail, network_attempts
 from torchkata.strategies import extreme_logits
 
 stable = under_test("stable")
@@ -537,14 +536,7 @@ def test_train_makes_the_net_learn(device):
 
 def test_load_digits_stays_offline_by_default(tmp_path, monkeypatch):
     """load_digits('mnist') reads local files only unless asked to download."""
-    attempts = []
-
-    def no_network(*args, **kwargs):
-        attempts.append(args)
-        raise OSError("no network in the tests")
-
-    monkeypatch.setattr(socket, "create_connection", no_network)
-    monkeypatch.setattr(socket.socket, "connect", no_network)
+    attempts = network_attempts(monkeypatch)
     try:
         inference.load_digits("mnist", root=tmp_path / "empty")
     except Exception:  # noqa: BLE001,S110 - a clear "not found" error is the expected outcome

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from torchkata import data, under_test
-from torchkata.checks import call, fail
+from torchkata.checks import call, fail, how_script_ended
 
 checkpoint = under_test("checkpoint")
 train = under_test("train")
@@ -542,17 +542,7 @@ def test_save_reaches_the_disk_before_the_rename(tmp_path, monkeypatch):
 
 def exits_cleanly(argv: list[str]) -> str:
     """Run train.main(argv); '' if it ends in SystemExit(non-zero), else what it did."""
-    try:
-        train.main(argv)
-    except SystemExit as exc:
-        if exc.code in (0, None):
-            return "exited with status 0, as if all went well"
-        if isinstance(exc.code, str) and "\n" in exc.code.strip():
-            return f"exited with a message of several lines: {exc.code[:300]!r}"
-        return ""
-    except Exception as exc:  # noqa: BLE001 - any other error is the finding
-        return f"raised {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-    return "carried on and returned normally"
+    return how_script_ended(train.main, argv)
 
 
 def test_script_rejects_nonsense_arguments(tmp_path, monkeypatch):
