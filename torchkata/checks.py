@@ -277,3 +277,55 @@ def network_attempts(monkeypatch) -> list:
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(socket.socket, "connect", no_network)
     return attempts
+
+
+_shared: dict = {}
+
+
+def shared(make: Callable, *key):
+    """One ``make(*key)`` per key, kept for the later tests of the run (building a model for
+    every hypothesis example is slow). The impact recording run (torchkata.impact) starts
+    every test with an empty cache, so that each test's use of ``make`` is seen."""
+    if (make, *key) not in _shared:
+        torch.manual_seed(0)
+        _shared[(make, *key)] = make(*key)
+    return _shared[(make, *key)]
+
+
+def run_script(script, argv: list[str], cwd):
+    """``python SCRIPT ARGV`` run from ``cwd`` in this process: ``main(argv)`` of the script,
+    imported by the loader, with its output captured. A new Python would import torch (and
+    MONAI) again, for seconds. Returns a ``subprocess.CompletedProcess``: the exit code is
+    the SystemExit's, 1 for a crash (its traceback in ``stderr``), else 0."""
+    import contextlib
+    import io
+    import os
+    import subprocess
+    import sys
+    import traceback
+    from pathlib import Path
+
+    from torchkata.loader import StarterImportError, load
+
+    script = Path(script)
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    here = os.getcwd()
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                load(script.parent, script.stem).main(list(argv))
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+                if not isinstance(exc.code, int) and exc.code is not None:
+                    print(exc.code, file=sys.stderr)
+            except StarterImportError as exc:
+                code = 1
+                print(f"Traceback (most recent call last):\nImportError: {exc}", file=sys.stderr)
+            except Exception:  # noqa: BLE001 - a crash of the learner's script is the finding
+                code = 1
+                traceback.print_exc()
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess([str(script), *argv], code, out.getvalue(),
+                                       err.getvalue())

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import heapq
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
-from torchkata import globalstate, limits, loader, paths, targets
+from torchkata import globalstate, impact, limits, loader, paths, targets
 
 SEED = 0
 ENV_THREADS = "TORCHKATA_THREADS"
@@ -98,6 +99,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=float(os.environ.get(ENV_BUDGET_SCALE, "1")),
         help=f"multiply every per-test time budget (a slow machine) [env {ENV_BUDGET_SCALE}]",
     )
+    group.addoption(
+        "--record-impact", metavar="FILE", default=None,
+        help="write which functions of the code under test each test calls, as JSON (for "
+             "the self-check's and the mutation tool's test selection; see torchkata.impact)",
+    )
 
 
 _config: pytest.Config | None = None
@@ -124,6 +130,9 @@ def pytest_configure(config: pytest.Config) -> None:
             "this machine (no GPU, or a CPU-only build of torch). Use --device cpu or auto."
         )
     config._torchkata_outcomes = {}  # (test file, function name) -> "failed" | "not checked"
+    config._torchkata_recorder = None
+    if config.getoption("--record-impact"):
+        config._torchkata_recorder = impact.Recorder()
     try:
         from hypothesis import settings
     except ImportError:  # pragma: no cover
@@ -151,6 +160,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="slow: run with --runslow"))
         _check_requires(item)
     items[:] = order(items)
+    recorder = config._torchkata_recorder
+    if recorder is not None:
+        recorder.watch({str(f) for f in map(_code_folder, items) if f is not None})
+        recorder.start()
+
+
+def test_id(item: pytest.Item) -> str:
+    """``test_file.py::test_name``, the catalog's way of naming a test (parameters dropped)."""
+    return f"{item.path.name}::{_function_name(item)}"
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    recorder = getattr(session.config, "_torchkata_recorder", None)
+    if recorder is None:
+        return
+    recorder.stop()
+    uses: dict[str, list[str]] = {}
+    for item in session.items:
+        defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+        keys = uses.setdefault(test_id(item), [])
+        keys += [_fixture_key(d) for ds in defs.values() for d in ds]
+    impact.write(Path(session.config.getoption("--record-impact")), recorder.tests(uses))
+
+
+def _fixture_key(fixturedef) -> str:
+    return f"fixture {fixturedef.baseid}::{fixturedef.argname}"
 
 
 def _function_name(item: pytest.Item) -> str:
@@ -236,9 +271,17 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem):
     saved = globalstate.save()
     globalstate.seed_everything(SEED)
     loader.touched.clear()
+    recorder = item.config._torchkata_recorder
+    if recorder is not None:
+        recorder.push(test_id(item))
+        checks = sys.modules.get("torchkata.checks")
+        if checks is not None:  # a model cached by an earlier test would hide this one's calls
+            checks._shared.clear()
     try:
         return (yield)
     finally:
+        if recorder is not None:
+            recorder.pop()
         globalstate.restore(saved)
 
 
@@ -285,9 +328,16 @@ def pytest_fixture_setup(fixturedef, request):
     folder = _code_folder(item) if item is not None else None
     if folder is None or fixturedef.argname in ("device", "tmp_path", "request"):
         return (yield)
-    with limits.budget(budget_of(item), folder, f"fixture {fixturedef.argname}"), \
-            limits.no_process_exit(f"setting up {fixturedef.argname}"):
-        return (yield)
+    recorder = item.config._torchkata_recorder
+    if recorder is not None:  # what a fixture calls counts for every test that uses it
+        recorder.push(_fixture_key(fixturedef))
+    try:
+        with limits.budget(budget_of(item), folder, f"fixture {fixturedef.argname}"), \
+                limits.no_process_exit(f"setting up {fixturedef.argname}"):
+            return (yield)
+    finally:
+        if recorder is not None:
+            recorder.pop()
 
 
 @pytest.hookimpl(wrapper=True)

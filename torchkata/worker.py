@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import gc
 import hashlib
 import importlib
 import json
@@ -75,6 +76,11 @@ def preload(names) -> None:
                 importlib.import_module(ep.value.split(":")[0])
     except Exception:  # noqa: BLE001,S110 - only a speed-up
         pass
+    # Everything imported so far lives as long as the process. Frozen, the garbage collector
+    # skips it: pytest's gc.collect() calls at the end of each child's run take 0.1 s
+    # instead of 0.5 s, and the children do not copy these pages by touching them.
+    gc.collect()
+    gc.freeze()
 
 
 # --- one forked child ------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from torchkata import under_test
-from torchkata.checks import assert_close_to_oracle, call, fail, how_script_ended
+from torchkata.checks import assert_close_to_oracle, call, fail, how_script_ended, shared
 from torchkata.strategies import reshape_pairs
 
 layers = under_test("layers")
@@ -38,15 +38,9 @@ def probe_net() -> nn.Module:
     ))
 
 
-_shared: dict = {}
-
-
-def shared(make, device) -> nn.Module:
-    """One model per maker and device for the property tests (building one per example is slow)."""
-    if (make, device) not in _shared:
-        torch.manual_seed(0)
-        _shared[make, device] = make().to(device)
-    return _shared[make, device]
+def built(make, device) -> nn.Module:
+    """A model for the property tests; through ``shared``, one per maker and device."""
+    return make().to(device)
 
 
 def spelled(shape: tuple) -> str:
@@ -117,7 +111,7 @@ def test_reshape_never_mixes_samples(device):
 @given(batch=st.integers(1, 8))
 def test_reshape_works_inside_sequential(device, batch):
     """small_cnn(), a Sequential with two Reshape layers, maps (B, 784) to (B, 10)."""
-    model = shared(layers.small_cnn, device)
+    model = shared(built, layers.small_cnn, device)
     x = torch.rand(batch, 784, device=device)
     out = call(model, x, what=f"small_cnn() on a batch of shape ({batch}, 784)", why=KEEP_BATCH)
     if tuple(out.shape) != (batch, 10):
@@ -327,7 +321,7 @@ PREFIXES = {"features.0": 1, "features.3": 4, "features.4": 5}  # layer -> its p
 @given(batch=st.integers(1, 6), layer=st.sampled_from([*sorted(PREFIXES), "head.1"]))
 def test_activations_are_the_output_of_the_named_layer(device, batch, layer):
     """activations(model, "features.3", x) is what the layer named features.3 produced on x."""
-    model = shared(probe_net, device)
+    model = shared(built, probe_net, device)
     x = torch.rand(batch, 1, 12, 12, device=device)
     got = call(hooks.activations, model, layer, x,
                what=f'activations(model, "{layer}", x) for x of shape ({batch}, 1, 12, 12)')
@@ -343,7 +337,7 @@ def test_activations_are_the_output_of_the_named_layer(device, batch, layer):
 @example(batch=3, channel=0)
 def test_one_channel_of_a_layer(device, batch, channel):
     """With channel=c, activations(...) of a (B, C, H, W) output is its (B, H, W) slice c."""
-    model = shared(probe_net, device)
+    model = shared(built, probe_net, device)
     x = torch.rand(batch, 1, 12, 12, device=device)
     what = (f'activations(model, "features.3", x, channel={channel}) for x of shape '
             f'({batch}, 1, 12, 12)')

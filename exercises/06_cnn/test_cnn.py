@@ -23,7 +23,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from torchkata import data as kata_data
 from torchkata import under_test
-from torchkata.checks import assert_grads_flow, call, fail, how_script_ended, network_attempts
+from torchkata.checks import (
+    assert_grads_flow,
+    call,
+    fail,
+    how_script_ended,
+    network_attempts,
+    run_script,
+)
 from torchkata.vision_files import write_mnist
 
 trains = pytest.mark.trains
@@ -731,35 +738,8 @@ def test_command_line_rejects_nonsense_arguments(tmp_path, monkeypatch):
 
 
 def _run(script, cwd, *argv: str, device) -> subprocess.CompletedProcess:
-    """`python script ARGV --device D` run from ``cwd``, in this process (a new Python would
-    import torch again, for seconds): main(argv) of the copy, its output captured."""
-    import contextlib
-    import io
-    import traceback
-
-    from torchkata.loader import StarterImportError, load
-
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    here = os.getcwd()
-    try:
-        os.chdir(cwd)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                load(script.parent, script.stem).main([*argv, "--device", device.type])
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-                if not isinstance(exc.code, int) and exc.code is not None:
-                    print(exc.code, file=sys.stderr)
-            except StarterImportError as exc:
-                code = 1
-                print(f"Traceback (most recent call last):\nImportError: {exc}", file=sys.stderr)
-            except Exception:  # noqa: BLE001 - a crash of the learner's script is the finding
-                code = 1
-                traceback.print_exc()
-    finally:
-        os.chdir(here)
-    return subprocess.CompletedProcess([str(script), *argv], code, out.getvalue(),
-                                       err.getvalue())
+    """`python script ARGV --device D` run from ``cwd`` (in this process: see run_script)."""
+    return run_script(script, [*argv, "--device", device.type], cwd)
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,6 @@ a few generated images written in its on-disk format.
 """
 
 import copy
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +21,15 @@ from torchvision.models import ResNet18_Weights, resnet18
 from torchvision.models.resnet import BasicBlock as TorchvisionBlock
 
 from torchkata import data, targets, under_test, vision_files
-from torchkata.checks import accuracy_of, assert_finite, assert_grads_flow, call, fail
+from torchkata.checks import (
+    accuracy_of,
+    assert_finite,
+    assert_grads_flow,
+    call,
+    fail,
+    network_attempts,
+    run_script,
+)
 
 resnet = under_test("resnet")
 transfer = under_test("transfer")
@@ -779,48 +784,27 @@ def test_script_rejects_bad_input_in_one_line(argv, tmp_path, monkeypatch, capsy
              f"must not download or save anything.")
 
 
-DRY_RUN = "test_dry_run_trains_offline_on_cpu"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def dry_run(request, tmp_path_factory):
-    """Starts `python train.py --dry-run` in the background as soon as this file's tests begin
-    (when its test was selected), so that the script's start-up overlaps the other tests."""
-    if not any(item.name == DRY_RUN for item in request.session.items):
-        yield None
-        return
-    folder = targets.resolve(Path(__file__).parent)
-    cwd = tmp_path_factory.mktemp("dry-run")
-    with (cwd / "out.txt").open("w") as out, (cwd / "err.txt").open("w") as err:
-        proc = subprocess.Popen([sys.executable, str(folder / "train.py"), "--dry-run"],
-                                cwd=cwd, stdout=out, stderr=err,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
-    yield proc, cwd
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.mark.trains
 @pytest.mark.requires("test_block_output_shape_for_any_stride_and_width",
                       "test_resnet18_feature_and_output_shapes")
-def test_dry_run_trains_offline_on_cpu(dry_run):
+def test_dry_run_trains_offline_on_cpu(tmp_path, monkeypatch):
     """`python train.py --dry-run` runs a couple of steps on fake data: no GPU, no network,
     nothing saved, and it says that its accuracy means nothing."""
-    proc, cwd = dry_run
-    try:
-        code = proc.wait(timeout=300)
-    except subprocess.TimeoutExpired:
-        fail("`python train.py --dry-run` did not finish within 5 minutes.")
-    stdout, stderr = (cwd / "out.txt").read_text(), (cwd / "err.txt").read_text()
+    attempts = network_attempts(monkeypatch)
+    proc = run_script(targets.resolve(Path(__file__).parent) / "train.py", ["--dry-run"],
+                      tmp_path)
+    code, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
     if code != 0 or "test accuracy" not in stdout:
         tail = "\n".join((stdout + stderr).strip().splitlines()[-6:])
         fail(f"python train.py --dry-run exited with {code}; expected it to train "
              f"two steps on fake images and print a test accuracy. Its last lines:\n{tail}")
+    if attempts:
+        fail("python train.py --dry-run tried to connect to the network; a smoke test runs "
+             "on fake images, offline.")
     if "means nothing" not in stdout:
         fail(f"The dry run printed a test accuracy without saying that it means nothing "
              f"(random images, two steps):\n{stdout[-400:]}")
-    made = sorted(p.name for p in cwd.iterdir() if p.name not in ("out.txt", "err.txt"))
+    made = sorted(p.name for p in tmp_path.iterdir())
     if made:
         fail(f"The dry run wrote {made} into its working directory; a smoke test must not "
              f"download or save anything.")

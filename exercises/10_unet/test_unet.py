@@ -5,9 +5,6 @@ what the code did instead, and why it matters.
 """
 
 import copy
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +16,14 @@ from monai.data.synthetic import create_test_image_2d
 from torch.nn import functional as F
 
 from torchkata import targets, under_test
-from torchkata.checks import assert_finite, assert_grads_flow, call, fail
+from torchkata.checks import (
+    assert_finite,
+    assert_grads_flow,
+    call,
+    fail,
+    network_attempts,
+    run_script,
+)
 
 transforms = under_test("transforms")
 model = under_test("model")
@@ -770,42 +774,18 @@ def test_sbd_samples_become_rgb_network_inputs(tmp_path):
                  f"val_transforms(32).")
 
 
-DRY_RUN = "test_dry_run_trains_and_saves_offline"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def dry_run(request, tmp_path_factory):
-    """Starts `python train.py --dry-run` in the background as soon as this file's tests begin
-    (when its test was selected), so that the script's start-up overlaps the other tests."""
-    if not any(item.name == DRY_RUN for item in request.session.items):
-        yield None
-        return
-    folder = targets.resolve(Path(__file__).parent)
-    cwd = tmp_path_factory.mktemp("dry-run")
-    with (cwd / "out.txt").open("w") as out, (cwd / "err.txt").open("w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, str(folder / "train.py"), "--dry-run", "--checkpoint",
-             str(cwd / "out" / "dry.pt")],
-            cwd=cwd, stdout=out, stderr=err, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    yield proc, cwd, folder
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.mark.trains
 @pytest.mark.requires("test_preprocess_gives_channel_first_image_and_mask",
                       "test_loss_takes_class_index_labels")
-def test_dry_run_trains_and_saves_offline(dry_run):
+def test_dry_run_trains_and_saves_offline(tmp_path, monkeypatch):
     """`python train.py --dry-run --checkpoint PATH` trains briefly on synthetic data, offline,
     prints the validation Dice (saying it means nothing) and the path of the weights it saved,
     which build_unet(1, 3) loads."""
-    proc, cwd, folder = dry_run
-    try:
-        code = proc.wait(timeout=300)
-    except subprocess.TimeoutExpired:
-        fail("`python train.py --dry-run` did not finish within 5 minutes.")
-    stdout, stderr = (cwd / "out.txt").read_text(), (cwd / "err.txt").read_text()
+    attempts = network_attempts(monkeypatch)
+    cwd, folder = tmp_path, targets.resolve(Path(__file__).parent)
+    proc = run_script(folder / "train.py", ["--dry-run", "--checkpoint",
+                                            str(cwd / "out" / "dry.pt")], cwd)
+    code, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
     if code != 0:
         lines = stderr.strip().splitlines()
         mine = [i for i, line in enumerate(lines) if str(folder) in line]
@@ -820,6 +800,9 @@ def test_dry_run_trains_and_saves_offline(dry_run):
     if "means nothing" not in stdout:
         fail(f"The dry run printed a validation Dice without saying that it means nothing "
              f"(a few steps on a few images):\n{stdout[-400:]}")
+    if attempts:
+        fail("`python train.py --dry-run` tried to connect to the network; the dry run uses "
+             "synthetic data, offline.")
     state = torch.load(saved, map_location="cpu", weights_only=True)
     call(model.build_unet(1, 3).load_state_dict, state,
          what="loading dry.pt into build_unet(1, 3)")

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from torchkata import under_test
-from torchkata.checks import assert_close_to_oracle, assert_grads_flow, call, fail
+from torchkata.checks import assert_close_to_oracle, assert_grads_flow, call, fail, shared
 
 attention = under_test("attention")
 transformer = under_test("transformer")
@@ -42,17 +42,6 @@ def randn(*shape: int, seed: int, device) -> torch.Tensor:
 def padding(lengths: list[int], length: int, device) -> torch.Tensor:
     """(B, L) bool, True at the padding after each sequence's real tokens."""
     return torch.arange(length, device=device) >= torch.tensor(lengths, device=device)[:, None]
-
-
-_shared: dict = {}
-
-
-def shared(make, *key):
-    """One ``make(*key)`` per key for the property tests (building one per example is slow)."""
-    if (make, *key) not in _shared:
-        torch.manual_seed(0)
-        _shared[(make, *key)] = make(*key)
-    return _shared[(make, *key)]
 
 
 def self_attention(dim: int, heads: int, device) -> nn.Module:
