@@ -7,10 +7,12 @@ one mutant at a time, and runs the exercise's suite against it with ``--target T
 worker, so a mutant costs about a second plus its tests instead of a cold start of torch.
 
     python -m torchkata.mutation run [NN_topic ...]      # all exercises when none is named
-    python -m torchkata.mutation run-suite NN_topic TARGET [--limit SECONDS]
+    python -m torchkata.mutation run-suite NN_topic TARGET [--limit SECONDS] [--impact MAP]
 
 ``run-suite`` is cosmic-ray's test command: one ``pytest -x`` of the exercise against TARGET,
-exiting with pytest's code (124 with a line "TIMEOUT" when it ran past the limit).
+exiting with pytest's code (124 with a line "TIMEOUT" when it ran past the limit). With an
+impact map (recorded by the unmutated run: see torchkata.impact) it runs only the tests that
+call the function the mutant changed; a mutant that no test calls survives without a run.
 
 Score: killed / (total - equivalent), timeouts counted as killed. A survivor that cannot
 change behaviour is listed in ``reference/NN_topic/equivalent_mutants.toml``::
@@ -42,7 +44,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from torchkata import catalog, paths, worker
+from torchkata import catalog, impact, paths, worker
 from torchkata.catalog import tomllib
 
 EQUIVALENT_FILE = "equivalent_mutants.toml"
@@ -55,14 +57,26 @@ PYTEST_FLAGS = ["-x", "-q", "-p", "no:cacheprovider", "--tb=line", "--no-header"
 # --- one suite run (cosmic-ray's test command) ----------------------------------------------
 
 
-def run_suite(name: str, target: Path, limit: float) -> int:
+def run_suite(name: str, target: Path, limit: float, impact_map: Path | None = None,
+              record: Path | None = None) -> int:
     """Run exercise ``name``'s suite against ``target`` once; pytest's exit code (124: limit)."""
     root = paths.repo_root()
     target = target.resolve()
     code = target / name if (target / name).is_dir() else target
     # a mutant may have the same size and mtime second as the last one: never reuse its .pyc
     shutil.rmtree(code / "__pycache__", ignore_errors=True)
-    args = [str(root / "exercises" / name), f"--target={target}", *PYTEST_FLAGS]
+    suite = root / "exercises" / name
+    tests = [str(suite)]
+    if impact_map is not None:
+        chosen = _selected(root / "reference" / name, code, impact.read(impact_map))
+        if chosen == []:
+            print("survived: no test calls the changed code")
+            return 0
+        if chosen is not None:
+            tests = [str(suite / t) for t in chosen]
+    args = [*tests, f"--target={target}", *PYTEST_FLAGS]
+    if record is not None:
+        args.append(f"--record-impact={record}")
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     with tempfile.TemporaryDirectory(prefix="torchkata-mutant-") as tmp:
         out = Path(tmp) / "pytest.out"
@@ -74,6 +88,20 @@ def run_suite(name: str, target: Path, limit: float) -> int:
     if rc == 124:
         print(f"{TIMEOUT_MARK}: the suite ran past {limit:.0f} s")
     return rc
+
+
+def _selected(reference: Path, copy: Path, tests: dict[str, list[str]]) -> list[str] | None:
+    """The tests that can see how ``copy`` differs from ``reference`` (None: all of them)."""
+    chosen: set[str] = set()
+    for f in catalog.code_files(reference):
+        old = (reference / f).read_text(encoding="utf-8")
+        new = (copy / f).read_text(encoding="utf-8")
+        if old != new:
+            found = impact.select(tests, f, old, new)
+            if found is None:
+                return None
+            chosen.update(found)
+    return sorted(chosen)
 
 
 def _in_worker(root: Path, args: list[str], out: Path, env: dict[str, str],
@@ -148,7 +176,7 @@ def load_equivalent(folder: Path) -> dict[tuple[str, int, str, int], str]:
             for e in entries}
 
 
-def mutate_exercise(name: str, root: Path) -> dict:
+def mutate_exercise(name: str, root: Path, select: bool = True) -> dict:
     """Run cosmic-ray over exercise ``name``; counts, survivors and stale entries."""
     from cosmic_ray.work_db import WorkDB, use_db  # the dev dependency, needed here only
 
@@ -163,13 +191,14 @@ def mutate_exercise(name: str, root: Path) -> dict:
             shutil.copy2(reference / f, copy / f)
 
         t0 = time.monotonic()
-        if run_suite(name, target, limit=600) != 0:
+        impact_map = Path(tmp) / "impact.json"
+        if run_suite(name, target, limit=600, record=impact_map) != 0:
             raise SystemExit(f"{name}: the suite fails on the unmutated reference copy")
         baseline = time.monotonic() - t0
         limit = 3 * baseline + 30
         command = " ".join(shlex.quote(a) for a in [
             sys.executable, "-m", "torchkata.mutation", "run-suite", name, str(target),
-            "--limit", f"{limit:.0f}"])
+            "--limit", f"{limit:.0f}", *(["--impact", str(impact_map)] if select else [])])
         config = Path(tmp) / "cosmic-ray.toml"
         config.write_text(
             "[cosmic-ray]\n"  # JSON strings and lists are TOML strings and arrays
@@ -265,8 +294,13 @@ def main(argv: list[str] | None = None) -> int:
     one.add_argument("exercise")
     one.add_argument("target", type=Path)
     one.add_argument("--limit", type=float, default=600.0)
+    one.add_argument("--impact", type=Path, default=None,
+                     help="run only the tests this impact map says call the changed code")
     many = sub.add_parser("run", help="mutation-test exercises (all when none is named)")
     many.add_argument("exercises", nargs="*")
+    many.add_argument("--no-select", action="store_true",
+                      help="run the whole suite for every mutant (slow; a check of the "
+                           "selection)")
     args = parser.parse_args(argv)
     root = paths.repo_root()
     known = paths.exercise_names(root)
@@ -277,10 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run-suite":
         with contextlib.suppress(ValueError):  # ended by cosmic-ray: end the run with us
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-        return run_suite(args.exercise, args.target, args.limit)
+        return run_suite(args.exercise, args.target, args.limit, args.impact)
     results = []
     for name in names:
-        results.append(mutate_exercise(name, root))
+        results.append(mutate_exercise(name, root, select=not args.no_select))
         print(report(results[-1]), flush=True)
     if len(results) > 1:
         print("\nsummary:")
