@@ -17,6 +17,7 @@ own tests import.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import os
 import sys
@@ -160,6 +161,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="slow: run with --runslow"))
         _check_requires(item)
     items[:] = order(items)
+    # Everything collection imported (torch, the tests, the code under test) lives to the end
+    # of the run: frozen, the garbage collector no longer walks it in every collection, nor
+    # in pytest's gc.collect() calls at exit (half a second with torch loaded).
+    gc.collect()
+    gc.freeze()
     recorder = config._torchkata_recorder
     if recorder is not None:
         recorder.watch({str(f) for f in map(_code_folder, items) if f is not None})
