@@ -54,7 +54,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(venv_backend="none")
 def harness(session: nox.Session) -> None:
     """The harness's own unit tests and the static catalog checks (no mutants)."""
-    _pytest(session, "tests", "-m", "not mutants", *session.posargs)
+    _pytest(session, "tests", "-m", "not mutants", "-n", "auto", *session.posargs)
 
 
 @nox.session(venv_backend="none")
@@ -106,7 +106,9 @@ def check(session: nox.Session) -> None:
     """Everything CI runs: lint, harness tests, every reference suite, the full self-check."""
     python = _python(session)
     session.run(python, "-m", "ruff", "check", ".", external=True)
-    session.run(python, "-m", "pytest", "tests", "-m", "not mutants", external=True)
+    # the harness tests mostly wait for Pythons they start: one pytest worker per core
+    session.run(python, "-m", "pytest", "tests", "-m", "not mutants", "-n", "auto",
+                external=True)
     session.run(python, "-m", "pytest", "exercises", "--target=reference", "--device=cpu",
                 external=True)
     session.run(python, "-m", "pytest", "tests/test_mutants.py", external=True)
