@@ -279,6 +279,13 @@ def network_attempts(monkeypatch) -> list:
     return attempts
 
 
+def shell_argv(argv: list[str]) -> list[str]:
+    """``argv`` as new str objects, as a shell hands them to ``sys.argv``. A literal in a test
+    can be the very object that the same literal in the learner's code is, and so hide an
+    ``is`` where ``==`` belongs."""
+    return [a.encode().decode() for a in argv]
+
+
 _shared: dict = {}
 
 
