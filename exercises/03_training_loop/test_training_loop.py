@@ -5,6 +5,8 @@ what the code did instead, and why it matters.
 """
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +17,7 @@ import torch._dynamo  # noqa: F401
 from torch import nn
 
 from torchkata import data, under_test
-from torchkata.checks import accuracy_of, assert_accuracy_at_least, call, fail
+from torchkata.checks import accuracy_of, assert_accuracy_at_least, call, fail, shell_argv
 
 train = under_test("train")
 model_py = under_test("model")
@@ -104,6 +106,26 @@ def test_smallnet_is_built_from_its_arguments():
         fail(f"SmallNet(in_features=5, ..., num_classes=4) returned {tuple(out.shape)}"
              f"{'' if torch.isfinite(out).all() else ' with NaN or inf'}; expected finite raw "
              f"scores of shape (3, 4).")
+def layer_list(net: nn.Module) -> list[tuple]:
+    """(type, in, out or rate) of each leaf layer, in order."""
+    return [(type(m).__name__, getattr(m, "in_features", getattr(m, "num_features", None)),
+             getattr(m, "out_features", getattr(m, "p", None)))
+            for m in net.modules() if not list(m.children())]
+
+
+@pytest.mark.requires("test_smallnet_is_built_from_its_arguments")
+def test_smallnet_defaults_fit_two_moons():
+    """SmallNet() takes 2 features to 2 classes through 64 hidden units, with dropout 0.1."""
+    got = layer_list(call(model_py.SmallNet, what="SmallNet()"))
+    expected = [("Linear", 2, 64), ("BatchNorm1d", 64, None), ("ReLU", None, None),
+                ("Dropout", None, 0.1), ("Linear", 64, 64), ("BatchNorm1d", 64, None),
+                ("ReLU", None, None), ("Dropout", None, 0.1), ("Linear", 64, 2)]
+    if got != expected:
+        fail(f"SmallNet() has the layers {got}; its defaults (in_features=2, hidden=64, "
+             f"num_classes=2, dropout=0.1) promise {expected}: the network train.py builds for "
+             f"the two moons.")
+
+
 @pytest.mark.requires("test_smallnet_is_built_from_its_arguments")
 def test_smallnet_output_depends_on_the_mode():
     """In eval mode a sample's scores depend on that sample alone; in train mode they do not."""
@@ -400,6 +422,47 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement():
              f"later (you would waste epochs).")
 
 
+@pytest.mark.requires("test_early_stopping_stops_after_patience_epochs_without_improvement")
+def test_early_stopping_defaults_to_patience_5_and_stays_stopped():
+    """EarlyStopping() waits 5 epochs without a new best, then keeps answering True; its
+    best_epoch is the 0-based index of the best epoch (-1 before there is one)."""
+    stopper = call(early_stopping.EarlyStopping, what="EarlyStopping()")
+    if stopper.best_epoch != -1:
+        fail(f"A new EarlyStopping() has best_epoch {stopper.best_epoch!r}; expected -1: no "
+             f"epoch has been seen, so none is the best yet.")
+    losses = [1.0, 0.5, 0.7, 0.8, 0.9, 0.6, 0.7, 0.8]
+    got = stopper_answers(stopper, losses)
+    expected = [False] * 6 + [True, True]
+    if got != expected:
+        fail(f"For validation losses {losses}, EarlyStopping() (default patience 5) answered "
+             f"{got}; expected {expected}. The best is 0.5 (epoch 2); the 5th epoch in a row "
+             f"without beating it is epoch 7, and from then on the answer stays True: a loop "
+             f"that asks again is still out of patience.")
+    if stopper.best_epoch != 1:
+        fail(f"After validation losses {losses}, best_epoch is {stopper.best_epoch!r}; expected "
+             f"1, the 0-based index of the epoch with the best loss (0.5). fit prints it (+ 1) "
+             f"when it restores that epoch's weights.")
+
+
+@pytest.mark.requires("test_early_stopping_stops_after_patience_epochs_without_improvement")
+def test_a_nan_loss_is_never_an_improvement():
+    """EarlyStopping(patience=2) fed NaN losses (a run that diverged) stops after 2 epochs and
+    has no best weights to restore."""
+    stopper = early_stopping.EarlyStopping(patience=2)
+    model = nn.Linear(2, 2)
+    before = state_of(model)
+    got = stopper_answers(stopper, [math.nan] * 3)
+    if got != [False, True, True]:
+        fail(f"For validation losses [nan, nan, nan] and patience 2, step() answered {got}; "
+             f"expected [False, True, True]. NaN is never better than anything: every such "
+             f"epoch is one without improvement, from the very first.")
+    call(stopper.restore, model, what="EarlyStopping.restore(model) after only NaN losses")
+    if stopper.best_epoch != -1 or not same_state(state_of(model), before):
+        fail(f"After only NaN losses, best_epoch is {stopper.best_epoch!r} and restore() "
+             f"{'kept' if same_state(state_of(model), before) else 'changed'} the model; "
+             f"expected -1 (no epoch was ever best) and the model left as it is.")
+
+
 def stopper_answers(stopper, losses) -> list[bool]:
     model = nn.Linear(2, 2)
     return [bool(call(stopper.step, loss, model, what=f"EarlyStopping.step({loss}, model)"))
@@ -549,6 +612,56 @@ def test_fit_without_patience_runs_every_epoch_and_keeps_the_last_weights(device
              f"the model as training left it.")
 
 
+@pytest.mark.requires("test_fit_trains_and_validates_with_the_given_loss_fn")
+def test_fit_runs_20_epochs_by_default(device):
+    """fit(model, train, val, optimizer) without epochs runs 20 epochs (and no early stop)."""
+    model = tiny_net(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    history = call(train.fit, model, batches((8,)), batches((4,), seed=1), optimizer,
+                   device=device, what="fit(model, train, val, optimizer)")
+    ran = len(history.get("val_loss", [])) if isinstance(history, dict) else None
+    if ran != 20:
+        fail(f"fit without epochs ran {ran} epochs; its signature promises 20 by default.")
+
+
+@pytest.mark.requires("test_fit_passes_its_patience_on")
+def test_fit_reports_each_epoch_the_stop_and_the_restore_when_verbose(device, capsys):
+    """fit(verbose=True) prints one line per epoch (its number, lr, both losses, accuracy),
+    then why it stopped and which epoch's weights it restored; fit() by default prints nothing."""
+    script = [1.0, 0.8, 0.5, 0.6, 0.7, 0.9, 0.3]
+    fit_with_scripted_val_loss(device, script, 2, "fit(..., patience=2)")
+    if capsys.readouterr().out:
+        fail("fit() without verbose=True printed to stdout; its default is verbose=False, so "
+             "that a caller (a test, a sweep of many runs) gets no output it did not ask for.")
+    model = small_net(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scripted = iter(script)
+
+    def scripted_loss(logits, y):
+        if len(y) != 7:
+            return nn.functional.cross_entropy(logits, y)
+        return torch.tensor(next(scripted), device=logits.device)
+
+    history = call(train.fit, model, batches((16, 16)), batches((7,), seed=1), optimizer,
+                   epochs=len(script), loss_fn=scripted_loss, patience=2, device=device,
+                   verbose=True, what="fit(..., patience=2, verbose=True)")
+    out = capsys.readouterr().out
+    lines = re.findall(r"epoch +(\d+) +lr (\S+) +train loss (\S+) +val loss (\S+) +"
+                       r"val accuracy (\S+)%", out)
+    expected = [(str(k + 1), f"{history['lr'][k]:.2e}", f"{history['train_loss'][k]:.4f}",
+                 f"{history['val_loss'][k]:.4f}", f"{100 * history['val_accuracy'][k]:.1f}")
+                for k in range(5)]
+    if lines != expected:
+        fail(f"fit(verbose=True) printed the epoch lines {lines}; for the 5 epochs it ran, its "
+             f"history says {expected} (epoch from 1, lr, train loss, val loss, val accuracy "
+             f"in %). Each line must report the epoch it follows.")
+    if "no improvement for 2 epochs: stopping" not in out or \
+            "restored the weights of epoch 3" not in out:
+        fail(f"fit(patience=2, verbose=True) printed {out.strip()[-200:]!r}; expected it to say "
+             f"'no improvement for 2 epochs: stopping' and 'restored the weights of epoch 3' "
+             f"(the best validation loss, 0.5, came after epoch 3; epochs count from 1).")
+
+
 def test_fit_moves_the_model_to_its_device(device):
     """fit(..., device=d) puts the model on d itself: the caller may hand over a CPU model."""
     model = tiny_net("cpu")
@@ -573,14 +686,15 @@ def test_fit_moves_the_model_to_its_device(device):
 # --- the script ------------------------------------------------------------------------
 
 
-BAD_ARGUMENTS = [["--epochs", "0"], ["--epochs", "-3"], ["--lr", "0"], ["--patience", "-1"],
-                 ["--device", "gpu"]]
+BAD_ARGUMENTS = [["--epochs", "0"], ["--epochs", "-3"], ["--lr", "0"], ["--lr", "-0.05"],
+                 ["--patience", "-1"], ["--device", "gpu"]]
+
 
 
 def test_script_rejects_bad_arguments(capsys):
     """python train.py --epochs 0 (and other nonsense) stops at once with a one-line error."""
     cases = BAD_ARGUMENTS + ([] if torch.cuda.is_available() else [["--device", "cuda"]])
-    for argv in cases:
+    for argv in map(shell_argv, cases):
         command = "python train.py " + " ".join(argv)
         try:
             train.main(argv)
@@ -611,6 +725,110 @@ def test_script_saves_the_curves_under_runs(device, tmp_path, monkeypatch, capsy
              "outputs go to one predictable folder, whatever the current directory.")
     if str(curves) not in capsys.readouterr().out:
         fail("python train.py saved runs/curves.png without printing its path.")
+
+
+def skip_rendering(monkeypatch) -> None:
+    """Figure.savefig only creates the file (as the real one does, in an existing folder):
+    drawing a PNG takes a tenth of a second, and the saving is tested for real above."""
+    import matplotlib.figure
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda self, fname, *args, **kwargs: Path(fname).touch())
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_script_saves_the_curves_under_runs")
+def test_script_hands_its_settings_to_fit(tmp_path, monkeypatch, capsys):
+    """`python train.py` trains SGD (momentum 0.9) from lr 0.05, halved every 10 epochs, for
+    up to 60 epochs with patience 8, verbose, on 1,000 reshuffled moons, validating on 200;
+    the options given replace those defaults; the plot goes where --plot says."""
+    module = train.resolve()
+    calls = []
+
+    def recording_fit(model, train_loader, val_loader, optimizer, **kwargs):
+        calls.append(dict(kwargs, train=train_loader, val=val_loader, optimizer=optimizer))
+        return {"train_loss": [0.7, 0.5, 0.4], "val_loss": [0.6, 0.5, 0.45],
+                "val_accuracy": [0.7, 0.8, 0.85], "lr": [0.05] * 3}  # 3 epochs: fit is tested
+
+    monkeypatch.setattr(module, "fit", recording_fit)
+    skip_rendering(monkeypatch)
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    plot = tmp_path / "new" / "folder" / "curves.png"
+    call(module.main, ["--plot", str(plot)], what="python train.py (fit recorded, not run)")
+    capsys.readouterr()
+    got = calls[-1]
+    optimizer, scheduler = got["optimizer"], got.get("scheduler")
+    lrs = []
+    for _ in range(20):  # what fit would do: an epoch of updates, then one scheduler step
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()  # no gradients here: moves nothing
+        scheduler.step()
+    seen = {"epochs": got.get("epochs"), "patience": got.get("patience"),
+            "verbose": got.get("verbose"), "device": str(got.get("device")),
+            "momentum": optimizer.param_groups[0].get("momentum"),
+            "lr of epochs 1-20": sorted(set(lrs)), "training moons": len(got["train"].dataset),
+            "batch size": got["train"].batch_size, "validation moons": len(got["val"].dataset)}
+    want = {"epochs": 60, "patience": 8, "verbose": True, "device": auto, "momentum": 0.9,
+            "lr of epochs 1-20": [0.025, 0.05], "training moons": 1000, "batch size": 50,
+            "validation moons": 200}
+    if seen != want or lrs[9:11] != [0.05, 0.025]:
+        fail(f"python train.py without options trained with {seen} (the lr halving after "
+             f"epoch {lrs.index(min(lrs)) if lrs else '?'}); expected {want}, the lr halving "
+             f"after epoch 10. These are the script's documented run: change one and its "
+             f"curves and its stopping epoch are no longer the ones the README describes.")
+    order = [torch.cat([y for _, y in got["train"]]).tolist() for _ in range(2)]
+    if order[0] == order[1]:
+        fail("train.py's training loader gives the moons in the same order every epoch; "
+             "shuffled anew each epoch, the batches differ from epoch to epoch.")
+    if not plot.is_file():
+        fail(f"python train.py --plot {plot} did not save the curves there: the folders of the "
+             f"path are created when they do not exist yet.")
+    for argv, patched, expected in (
+            (["--epochs", "1", "--patience", "0", "--lr", "0.5", "--device", "auto"], False,
+             (1, 0, 0.5, auto)),
+            (["--device", "cpu"], True, (60, 8, 0.05, "cpu"))):
+        if patched:  # a GPU is available (pretended): --device cpu must still mean the CPU
+            monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        calls.clear()
+        argv = shell_argv([*argv, "--plot", str(tmp_path / "curves.png")])  # an existing folder
+        call(module.main, argv, what=f"python train.py {' '.join(argv)} (fit recorded)")
+        capsys.readouterr()
+        got = calls[-1] if calls else {}
+        seen = (got.get("epochs"), got.get("patience"),
+                got["optimizer"].param_groups[0]["lr"] if got else None, str(got.get("device")))
+        if seen != expected:
+            note = " (a GPU pretended to be available)" if patched else ""
+            fail(f"python train.py {' '.join(argv)}{note} called fit with epochs, patience, lr, "
+                 f"device = {seen}; expected {expected}: each option must reach fit (1 epoch "
+                 f"and patience 0 are valid), and only 'auto' may choose the GPU.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_script_saves_the_curves_under_runs")
+def test_script_runs_when_started_as_a_file(tmp_path, monkeypatch, capsys):
+    """`python train.py --epochs 1` runs main(): the guard at the end of the file lets it."""
+    import runpy
+    import sys
+
+    skip_rendering(monkeypatch)
+    path = Path(train.resolve().__file__)
+    monkeypatch.syspath_prepend(str(path.parent))  # as `python train.py` puts it first
+    monkeypatch.setattr(sys, "argv", shell_argv([str(path), "--epochs", "1", "--device", "cpu",
+                                               "--plot", str(tmp_path / "curves.png")]))
+    siblings = {"early_stopping", "model"}  # train.py imports them by their bare names
+    saved = {name: sys.modules.pop(name) for name in siblings if name in sys.modules}
+    try:
+        runpy.run_path(str(path), run_name="".join(["__", "main__"]))  # the interpreter's str
+    except SystemExit as exc:
+        fail(f"python train.py --epochs 1 exited with status {exc.code!r}; expected it to run.")
+    finally:
+        for name in siblings:
+            sys.modules.pop(name, None)
+        sys.modules.update(saved)
+    if not (tmp_path / "curves.png").is_file() or "epoch" not in capsys.readouterr().out:
+        fail("python train.py --epochs 1 neither printed its epoch nor saved its curves. Run "
+             "as a file, a script's module is named '__main__', and the block at its end "
+             "decides whether main() runs.")
 
 
 # --- all together ----------------------------------------------------------------------

@@ -37,7 +37,10 @@ def nearest_neighbour_labels(
 
 
 def blobs(n: int, classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` 2-D points per class around random centres: x (n * classes, 2), y (n * classes,)."""
+    """``n`` 2-D points per class around random centres: x (n * classes, 2), y (n * classes,).
+
+    Each class is a standard normal cloud around its own centre, drawn uniformly from [-4, 4]^2.
+    """
     g = torch.Generator().manual_seed(seed)
     centres = torch.rand(classes, 2, generator=g) * 8 - 4  # (classes, 2)
     y = torch.arange(classes).repeat_interleave(n)  # (n * classes,)
