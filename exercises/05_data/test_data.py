@@ -5,8 +5,10 @@ what the code did instead, and why it matters. The torchvision tests write a few
 images in each data set's own file format and open them with the real classes, offline.
 """
 
+import runpy
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -189,14 +191,17 @@ def test_labels_batch_into_cross_entropy_targets(device):
 
 
 def test_images_and_labels_must_match_in_number():
-    """ImageDataset refuses 5 images with 4 labels, instead of pairing them up wrongly."""
-    try:
-        ds = dataset.ImageDataset(torch.zeros(5, 1, 2, 2), [0, 1, 2, 3])
-    except Exception:  # noqa: BLE001 - any clear error is the right answer
-        return
-    fail(f"ImageDataset(5 images, 4 labels) was accepted (len {len(ds)}). Expected an error "
-         f"when it is built: one sample would have no label, and the mistake shows up much "
-         f"later, as an index error in the middle of an epoch or a silently shorter epoch.")
+    """ImageDataset refuses 5 images with 4 labels (or 4 with 5), instead of pairing them up
+    wrongly."""
+    for n_images, n_labels in ((5, 4), (4, 5)):
+        try:
+            ds = dataset.ImageDataset(torch.zeros(n_images, 1, 2, 2), list(range(n_labels)))
+        except Exception:  # noqa: BLE001 - any clear error is the right answer
+            continue
+        fail(f"ImageDataset({n_images} images, {n_labels} labels) was accepted (len "
+             f"{len(ds)}). Expected an error when it is built: a sample would have no label "
+             f"(or a label no image), and the mistake shows up much later, as an index error "
+             f"in the middle of an epoch or a silently shorter epoch.")
 
 
 # --- the offline digits ----------------------------------------------------------------
@@ -228,6 +233,11 @@ def test_offline_digits_splits_are_disjoint_reproducible_and_hold_every_class(mo
                   what=f"offline_digits(train={train}) (on 5,000 stand-in digits)")
         splits.setdefault(train, []).append(ds)
     train, test, again = splits[True][0], splits[False][0], splits[True][1]
+    default = call(dataset.offline_digits, what="offline_digits() (on 5,000 stand-in digits)")
+    if digit_ids(default) != digit_ids(train):
+        fail("offline_digits() without train=... did not give the training split. Like "
+             "torchvision's data sets, it must default to train=True: code that asks for "
+             "'the data set' trains on the training digits, never on the test ones.")
     if (len(train), len(test)) != (4000, 1000):
         fail(f"offline_digits gave {len(train)} training and {len(test)} test digits, "
              f"expected 4,000 and 1,000.")
@@ -329,15 +339,18 @@ def test_test_loader_keeps_the_stored_order():
 
 
 def test_make_loaders_uses_its_batch_size_and_workers():
-    """make_loaders(..., batch_size=7, num_workers=2) gives both loaders those settings."""
+    """make_loaders(..., batch_size=7, num_workers=2) gives both loaders those settings;
+    make_loaders(train, test) batches of 64 in the main process (num_workers=0)."""
     ds = numbered(10)
-    loaders = call(pipeline.make_loaders, ds, ds, batch_size=7, num_workers=2,
-                   what="make_loaders(train, test, batch_size=7, num_workers=2)")
-    for split, loader in zip(("training", "test"), loaders):
-        got = (loader.batch_size, loader.num_workers)
-        if got != (7, 2):
-            fail(f"The {split} loader has batch_size {got[0]} and num_workers {got[1]}; "
-                 f"expected 7 and 2, the values the caller asked for.")
+    for kwargs, want in (({"batch_size": 7, "num_workers": 2}, (7, 2)), ({}, (64, 0))):
+        what = f"make_loaders(train, test{''.join(f', {k}={v}' for k, v in kwargs.items())})"
+        loaders = call(pipeline.make_loaders, ds, ds, what=what, **kwargs)
+        for split, loader in zip(("training", "test"), loaders):
+            got = (loader.batch_size, loader.num_workers)
+            if got != want:
+                fail(f"{what}: the {split} loader has batch_size {got[0]} and num_workers "
+                     f"{got[1]}; expected {want[0]} and {want[1]}, the values the caller asked "
+                     f"for or, when it asks nothing, the documented defaults.")
 
 
 # --- normalisation statistics ----------------------------------------------------------
@@ -349,7 +362,8 @@ def test_channel_stats_match_float64_oracle(n, c, h, w, batch, seed):
     """channel_stats gives each channel's mean and std over all pixels of all images."""
     g = torch.Generator().manual_seed(seed)
     offsets = torch.arange(c, dtype=torch.float32)[:, None, None] * 2  # channels differ
-    images = torch.rand(n, c, h, w, generator=g) * (1 + offsets) + offsets  # (N, C, H, W)
+    # (N, C, H, W); channel 0 is centred on 0, as in images that are normalised already
+    images = torch.rand(n, c, h, w, generator=g) * (1 + offsets) + offsets - 0.5
     ds = TensorDataset(images, torch.zeros(n, dtype=torch.long))
     mean, std = call(pipeline.channel_stats, ds, batch_size=batch,
                      what=f"channel_stats() of {n} image(s) of shape ({c}, {h}, {w})")
@@ -374,6 +388,20 @@ def test_channel_stats_match_float64_oracle(n, c, h, w, batch, seed):
              f"{x.std(dim=(0, 2, 3), correction=0).tolist()}: each channel's standard "
              f"deviation over every pixel of every image (not an average of per-batch "
              f"or per-image values).")
+
+
+@pytest.mark.requires("test_channel_stats_match_float64_oracle")
+def test_channel_stats_of_a_blank_channel_is_zero():
+    """channel_stats of images whose channel is one constant value gives std 0, not NaN."""
+    images = torch.full((5, 1, 3, 3), 0.03)  # a blank channel: 45 equal pixels
+    mean, std = call(pipeline.channel_stats, TensorDataset(images, torch.zeros(5)),
+                     what="channel_stats() of 5 blank (1, 3, 3) images, every pixel 0.03")
+    if not torch.allclose(torch.as_tensor(std).double(), torch.zeros(1, dtype=torch.float64),
+                          atol=1e-6):
+        fail(f"channel_stats() of blank images (every pixel 0.03) gave std {std.tolist()}; "
+             f"expected [0.0]. E[x^2] - mean^2 is 0 in exact arithmetic but can round to a tiny "
+             f"negative number, whose square root is NaN: a NaN std turns every normalised "
+             f"image into NaN. Negative rounding errors must not reach the square root.")
 
 
 # --- make_datasets: the switch, the transforms of each split ----------------------------
@@ -432,6 +460,41 @@ def test_make_datasets_passes_root_and_download_on(download):
              f"{calls}; expected every call with root 'some/root' and download={download}. "
              f"Downloading is the caller's choice: offline by default, and never a surprise "
              f"network access (or a failure) when the files are already there.")
+    if download:
+        return
+    calls.clear()
+    call(pipeline.make_datasets, "spy", "some/root", registry={"spy": spy_source(calls)},
+         what='make_datasets("spy", "some/root", registry=...)')
+    if not calls or any(c["download"] is not False for c in calls):
+        fail(f'make_datasets("spy", "some/root") without download=... opened the data set as '
+             f"{calls}; expected download=False: offline unless the caller asks.")
+
+
+@pytest.mark.requires("test_channel_stats_match_float64_oracle")
+def test_make_datasets_refuses_statistics_of_the_wrong_shape(monkeypatch):
+    """make_datasets raises a ValueError when channel_stats does not give one mean and one
+    std per channel, before any transform is built."""
+    one = torch.ones(1)
+    for mean, std in ((torch.ones(8), one), (one, torch.ones(8)), (torch.tensor(1.0), one),
+                      (one, torch.tensor(1.0))):
+        shapes = f"mean of shape {tuple(mean.shape)} and std of shape {tuple(std.shape)}"
+        monkeypatch.setattr(pipeline.resolve(), "channel_stats",
+                            lambda ds, *a, mean=mean, std=std, **k: (mean, std))
+        try:
+            pipeline.make_datasets("spy", "some/root", registry={"spy": spy_source([])})
+        except ValueError as exc:
+            if "1" not in str(exc):
+                fail(f"With a {shapes}, make_datasets raised ValueError({str(exc)!r}); expected "
+                     f"the message to name the number of channels (1).")
+            continue
+        except Exception as exc:  # noqa: BLE001 - the wrong kind of error is the finding
+            fail(f"With channel_stats giving a {shapes} for images with 1 channel, "
+                 f"make_datasets raised {type(exc).__name__}: {exc}; expected a ValueError "
+                 f"that says so.")
+        fail(f"With channel_stats giving a {shapes} for images with 1 channel, make_datasets "
+             f"returned normally; expected a ValueError. Normalize needs exactly one mean and "
+             f"one std per channel: other shapes broadcast over the wrong axes (or fail only "
+             f"when the first image is read, far from the cause).")
 
 
 
@@ -611,6 +674,36 @@ def test_digits_are_shifted_but_never_mirrored(files):
              "copy of it. Expected only small random shifts (a crop of the zero-padded image).")
 
 
+def test_augmentation_shifts_by_up_to_an_eighth_and_mirrors_only_when_asked():
+    """make_transform(mean, std, 32, augment=True) shifts a 32x32 image by up to 4 pixels
+    each way (1/8 of the side), and never mirrors it unless mirror=True is passed."""
+    image = torch.randint(1, 256, (1, 32, 32), generator=torch.Generator().manual_seed(0),
+                          dtype=torch.uint8)
+    pad = torch.nn.functional.pad(image[0].double() / 255, (4, 4, 4, 4))  # (40, 40)
+    crops = {(dy - 4, dx - 4): pad[dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)}
+    transform = call(pipeline.make_transform, torch.zeros(1), torch.ones(1), 32, augment=True,
+                     what="make_transform(mean=[0], std=[1], size=32, augment=True)")
+    shifts = []
+    for seed in range(16):
+        torch.manual_seed(seed)
+        x = torch.as_tensor(call(transform, image, what="the augmenting transform on an "
+                                                        "image (1, 32, 32)"))[0].double().cpu()
+        found = [s for s, crop in crops.items() if torch.allclose(x, crop, atol=1e-6)]
+        mirrored = [s for s, crop in crops.items() if torch.allclose(x, crop.flip(-1), atol=1e-6)]
+        if not found:
+            fail("make_transform(..., size=32, augment=True) (mirror not asked) made an image "
+                 f"that is {'a mirror image' if mirrored else 'no shift'} of the original. "
+                 f"Expected a copy shifted by at most 32 // 8 = 4 pixels each way (a crop of the "
+                 f"zero-padded image), never mirrored: mirror defaults to False, since a "
+                 f"mirrored digit or letter is not the same class.")
+        shifts.append(max(abs(v) for v in found[0]))
+    if max(shifts) != 4:
+        fail(f"Over 16 reads, make_transform(..., size=32, augment=True) shifted the image by "
+             f"at most {max(shifts)} pixel(s); expected shifts of up to 32 // 8 = 4 pixels: the "
+             f"random crop pads by 1/8 of the side, so that the model sees each image at every "
+             f"position it may appear in.")
+
+
 # --- the script ------------------------------------------------------------------------
 
 
@@ -642,10 +735,24 @@ def test_script_evaluate_scores_every_sample_in_eval_mode():
         fail(f"evaluate() returned {got!r}; expected 10/13 = {10 / 13:.4f}: 10 of the 13 "
              f"samples are right. Every sample counts once, in every batch, the last and "
              f"smaller one included.")
+    for n, expected in ((1, 1.0), (0, 0.0)):
+        loader = torch.utils.data.DataLoader(TensorDataset(x[:n], y[:n]), batch_size=5)
+        got = call(main.evaluate, model, loader, torch.device("cpu"),
+                   what=f"evaluate(model, loader of {n} sample(s), cpu)")
+        if got != expected:
+            fail(f"evaluate() over {n} sample(s) ({'right' if n else 'an empty test split'}) "
+                 f"returned {got!r}; expected {expected}: the fraction of correct samples, and "
+                 f"0.0 rather than a division by zero when there is nothing to score.")
 
 
 BAD_ARGUMENTS = [["--epochs", "0"], ["--epochs", "-3"], ["--batch-size", "0"],
                  ["--dataset", "imagenet"], ["--device", "gpu"]]
+
+
+def typed(argv):
+    """``argv`` as sys.argv holds a command line: new string objects, not the interned
+    literals of a source file (so ``is`` instead of ``==`` shows)."""
+    return ["".join(list(arg)) for arg in argv]
 
 
 def test_script_rejects_bad_arguments(capsys):
@@ -653,7 +760,7 @@ def test_script_rejects_bad_arguments(capsys):
     cases = BAD_ARGUMENTS + ([] if torch.cuda.is_available() else [["--device", "cuda"]])
     for argv in cases:
         command = "python main.py " + " ".join(argv)
-        outcome = how_script_ended(main.main, argv)
+        outcome = how_script_ended(main.main, typed(argv))
         if outcome:
             fail(f"{command} {outcome}. Expected argparse to refuse the argument: one line "
                  f"on stderr and a non-zero exit, before any data is read.")
@@ -680,6 +787,135 @@ def test_script_reports_a_missing_data_set_in_one_line(tmp_path, capsys):
     if any(tmp_path.iterdir()):
         fail(f"{command} wrote {sorted(p.name for p in tmp_path.iterdir())} into the root "
              f"without --download.")
+
+
+def test_script_runs_main_when_run_as_a_file(monkeypatch):
+    """`python main.py --epochs 0` runs main(), which refuses the value with exit status 2."""
+    path = main.resolve().__file__
+    for name, module in (("pipeline", pipeline), ("dataset", dataset)):  # its imports
+        monkeypatch.setitem(sys.modules, name, module.resolve())
+    monkeypatch.setattr(sys, "argv", [path, *typed(["--epochs", "0"])])
+    try:
+        runpy.run_path(path, run_name="".join(["__", "main__"]))  # a fresh string, as Python's
+        code = "no exit: it returned without running main()"
+    except SystemExit as exc:
+        code = exc.code
+    if code != 2:
+        fail(f"python main.py --epochs 0 ended with {code!r}; expected main() to run and refuse "
+             f"the value (exit status 2). Run as a file, a script's module is named "
+             f"'__main__', and the block at its end decides whether main() runs.")
+
+
+class ScriptSpies:
+    """main.py with tiny data sets in place of make_datasets, and spies on what it does."""
+
+    def __init__(self, monkeypatch, tmp_path, cuda):
+        self.opened, self.bars, self.models = [], [], []
+        module = main.resolve()
+        colour = torch.tensor([0.25, 0.5, 0.75])[:, None, None].expand(3, 4, 4)  # (3, 4, 4)
+        self.train = dataset.ImageDataset(colour.expand(70, 3, 4, 4).clone(),
+                                          np.arange(70) % 10)
+        test = dataset.ImageDataset(colour.expand(5, 3, 4, 4).clone(), np.arange(5))
+
+        def make_datasets(name, root, download=False, **kwargs):
+            self.opened.append((name, root, download))
+            return self.train, test
+
+        def tqdm(iterable, desc=None, disable=None, **kwargs):
+            self.bars.append((desc, disable))
+            return iterable
+
+        monkeypatch.setattr(module, "make_datasets", make_datasets)
+        monkeypatch.setattr(module, "tqdm", tqdm)
+        monkeypatch.setattr(module, "RUNS", tmp_path / "runs")
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+
+
+class Stop(Exception):
+    """Ends main() where the model is moved to its device."""
+
+
+@pytest.mark.requires("test_script_rejects_bad_arguments")
+def test_script_picks_the_device(tmp_path, monkeypatch, capsys):
+    """--device auto (the default) is cuda where a GPU is available; cpu and cuda are obeyed."""
+    spies = ScriptSpies(monkeypatch, tmp_path, cuda=True)  # as on a machine with a GPU
+    moved = []
+
+    def to(model, device=None, *args, **kwargs):
+        moved.append((model, torch.device(device)))
+        raise Stop
+
+    monkeypatch.setattr(torch.nn.Sequential, "to", to)
+    grid = tmp_path / "new" / "folder" / "batch.png"
+    for argv, want in (([], "cuda"), (["--device", "auto"], "cuda"),
+                       (["--device", "cpu", "--batch-size", "1", "--grid", str(grid)], "cpu"),
+                       (["--device", "cuda"], "cuda")):
+        command = "python main.py " + " ".join(argv)
+        moved.clear()
+        try:
+            main.main(typed(argv))
+        except Stop:
+            pass
+        except Exception as exc:  # noqa: BLE001 - a crash is the finding
+            fail(f"{command} (with a GPU available) raised {type(exc).__name__}: {exc}")
+        capsys.readouterr()
+        if not moved or moved[0][1].type != want:
+            fail(f"{command}, on a machine with a GPU, moved its model to "
+                 f"{moved[0][1] if moved else 'no device'}; expected {want}. --device auto "
+                 f"(the default) means cuda when a GPU is available, else cpu; --device cpu "
+                 f"and --device cuda are obeyed as given.")
+        x = spies.train.images[:2]
+        scores = call(moved[0][0], x, what=f"the model of {command} on a batch (2, 3, 4, 4)")
+        if tuple(scores.shape) != (2, 10):
+            fail(f"The model of {command} returns scores of shape {tuple(scores.shape)} for "
+                 f"a batch of 2 images; expected (2, 10): one score per class of the 10.")
+    if not grid.is_file():
+        fail("python main.py --grid new/folder/batch.png did not save the picture there, "
+             "creating the folders it needs.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_script_rejects_bad_arguments", "test_len_counts_every_sample")
+def test_script_defaults(tmp_path, monkeypatch, capsys):
+    """python main.py: the offline digits from data/ beside it, batches of 64, 3 epochs with a
+    progress bar per epoch (quiet in logs), the statistics of a batch, runs/batch.png."""
+    spies = ScriptSpies(monkeypatch, tmp_path, cuda=False)
+    (tmp_path / "runs").mkdir()  # a run before this one made it
+    call(main.main, [], what="python main.py (on a machine without a GPU)")
+    printed = capsys.readouterr().out
+    here = str(Path(main.resolve().__file__).resolve().parent / "data")
+    if spies.opened != [("digits", here, False)]:
+        fail(f"python main.py opened the data sets as {spies.opened} (name, root, download); "
+             f"expected [('digits', {here!r}, False)]: by default the offline digits, from "
+             f"data/ beside the script, never downloading unless --download is given.")
+    quiet = not sys.stderr.isatty()
+    want = [(f"epoch {e}/3", quiet) for e in (1, 2, 3)]
+    if spies.bars != want:
+        fail(f"python main.py drew the progress bars {spies.bars} (description, disabled); "
+             f"expected {want}: 3 epochs by default, each bar named 'epoch k/3' counting from "
+             f"1, and no bar when stderr is not a terminal (a log file would get a line per "
+             f"redraw).")
+    batch = spies.train.images[:64]
+    for line in ("one batch: images (64, 3, 4, 4) torch.float32, labels (64,) torch.int64",
+                 f"per-channel mean {batch.mean(dim=(0, 2, 3))}, "
+                 f"std {batch.std(dim=(0, 2, 3))}"):
+        if line not in printed:
+            fail(f"python main.py printed {printed.strip()[:500]!r}; expected a line with "
+                 f"{line!r}: the shapes of a batch (64 images by default), and the mean and "
+                 f"std of each channel over the batch, so that the normalisation can be "
+                 f"checked by eye.")
+    grid = tmp_path / "runs" / "batch.png"
+    if not grid.is_file() or str(grid) not in printed:
+        fail("python main.py did not save runs/batch.png (its folder exists from an earlier "
+             "run) and print its path.")
+    from PIL import Image
+
+    pixel = Image.open(grid).convert("RGB").getpixel((3, 3))  # inside the first image
+    if max(abs(a - b) for a, b in zip(pixel, (0, 128, 255))) > 1:
+        fail(f"In runs/batch.png, an image whose channels are 0.25, 0.5 and 0.75 everywhere "
+             f"shows as RGB {pixel}; expected about (0, 128, 255): the batch is rescaled from "
+             f"its own minimum and maximum to the full range for viewing, since normalised "
+             f"images hold values outside [0, 1].")
 
 
 @pytest.mark.trains

@@ -89,6 +89,17 @@ def test_conv_output_size_matches_maxpool2d(device, case):
     _check_output_size(nn.MaxPool2d(kernel, stride=stride, padding=padding), case, device)
 
 
+def test_conv_output_size_defaults_are_those_of_conv2d():
+    """conv_output_size(size, kernel) uses stride 1 and padding 0, as nn.Conv2d does."""
+    for args, expected in (((28, 3), 26), ((28, 3, 2), 13)):
+        what = f"conv_output_size{args}"
+        got = call(model.conv_output_size, *args, what=what)
+        if got != expected:
+            fail(f"{what} returned {got!r}; expected {expected}, the size nn.Conv2d gives with "
+                 f"its defaults (stride 1, padding 0). Leaving out an argument must mean what "
+                 f"it means for the layer.")
+
+
 # --- the model -------------------------------------------------------------------------
 
 
@@ -375,6 +386,28 @@ def test_load_cuts_the_data_sets_to_the_sizes_asked(tmp_path):
             fail(f"{what} returned {len(train)} training and {len(test)} test images; "
                  f"expected 7 and 3. --n-train and --n-test are how a quick run (and these "
                  f"tests) ask for less data.")
+
+
+def test_load_defaults_to_every_shipped_digit(monkeypatch):
+    """load() is the offline corrupted digits: 1,000 for testing, the other 4,000 for
+    training; --n-test alone moves the split, --n-train alone leaves the test set as it is."""
+    calls = []
+
+    def corrupt_mnist(n_train=4000, n_test=1000, *args, **kwargs):  # records its sizes
+        calls.append((n_train, n_test))
+        return TensorDataset(torch.zeros(0)), TensorDataset(torch.zeros(0))
+
+    monkeypatch.setattr(data.resolve(), "corrupt_mnist", corrupt_mnist)
+    for kwargs, want in (({}, (4000, 1000)), ({"n_test": 200}, (4800, 200)),
+                         ({"n_train": 300}, (300, 1000))):
+        what = f"load({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
+        calls.clear()
+        call(data.load, what=what, **kwargs)
+        if calls != [want]:
+            fail(f"{what} asked corrupt_mnist for {calls} (n_train, n_test); expected "
+                 f"[{want}]. Of the 5,000 digits that ship offline, 1,000 are for testing by "
+                 f"default and every other digit is for training: more training data costs "
+                 f"nothing here.")
 
 
 def test_torchvision_digits_stay_offline_by_default(tmp_path, monkeypatch):
@@ -732,6 +765,117 @@ def test_command_line_rejects_nonsense_arguments(tmp_path, monkeypatch):
                  f"with one line and a non-zero exit before loading or training anything: "
                  f"counts (epochs, batch size, numbers of images) are at least 1, a learning "
                  f"rate is positive, and --device is cpu or cuda, cuda only where a GPU exists.")
+
+
+def test_script_runs_main_when_run_as_a_file(monkeypatch):
+    """`python main.py train --epochs 0` runs main(), which refuses the value with exit 2."""
+    import runpy
+
+    path = main.resolve().__file__
+    for name, module in (("data", data), ("model", model)):  # what main.py imports
+        monkeypatch.setitem(sys.modules, name, module.resolve())
+    monkeypatch.setattr(sys, "argv", [path, "train", "--epochs", "0"])
+    try:
+        runpy.run_path(path, run_name="".join(["__", "main__"]))  # a fresh string, as Python's
+        code = "no exit: it returned without running main()"
+    except SystemExit as exc:
+        code = exc.code
+    if code != 2:
+        fail(f"python main.py train --epochs 0 ended with {code!r}; expected main() to run and "
+             f"refuse the value (exit status 2). Run as a file, a script's module is named "
+             f"'__main__', and the block at its end decides whether main() runs.")
+
+
+class _CommandSpies:
+    """main.py's commands with load, fit and plot_curve replaced by spies: no data is read
+    and nothing trains, so the tests see what the commands ask for, in a fraction of a second."""
+
+    def __init__(self, monkeypatch, tmp_path) -> None:
+        module = main.resolve()
+        self.loaded, self.fits, self.curves = [], [], []
+        images, labels = _SPY_IMAGES, torch.arange(6) % 10
+
+        def load(*args, **kwargs):
+            self.loaded.append((*args, *kwargs.values()))
+            return TensorDataset(images, labels), TensorDataset(images[:4], labels[:4])
+
+        def fit(net, loader, epochs, lr, device):
+            with torch.no_grad():  # materialises lazy layers, as a first training step would
+                net.eval()(images[:2])
+            self.fits.append({"batch_size": loader.batch_size, "epochs": epochs, "lr": lr,
+                              "device": torch.device(device).type,
+                              "shuffle": isinstance(loader.sampler,
+                                                    torch.utils.data.RandomSampler)})
+            return [2.5, 1.5]
+
+        monkeypatch.setattr(module, "load", load)
+        monkeypatch.setattr(module, "fit", fit)
+        monkeypatch.setattr(module, "plot_curve",
+                            lambda losses, path: self.curves.append((losses, str(path))))
+        monkeypatch.setattr(module, "RUNS", tmp_path / "runs")
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a laptop
+
+
+_SPY_IMAGES = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+
+
+def _fresh_net_weights(seed: int) -> dict:
+    """The state_dict of a Net made right after torch.manual_seed(seed) (lazy layers
+    materialised by one forward pass in eval mode, as _CommandSpies' fit does)."""
+    torch.manual_seed(seed)
+    net = model.Net()
+    with torch.no_grad():
+        net.eval()(_SPY_IMAGES[:2])
+    return net.state_dict()
+
+
+@requires("test_command_line_rejects_nonsense_arguments", "test_checkpoint_holds_only_a_state_dict")
+def test_train_command_defaults_and_options(tmp_path, monkeypatch, capsys):
+    """`python main.py train` defaults: the offline corrupted digits, all of them, 5 epochs of
+    shuffled batches of 64, Adam at lr 1e-3, seed 0, outputs in runs/; each option changes them."""
+    spies = _CommandSpies(monkeypatch, tmp_path)
+    runs = tmp_path / "runs"
+    runs.mkdir()  # an earlier run made it
+    call(main.main, ["train"], what="python main.py train (stand-in data, no training)")
+    printed = capsys.readouterr().out
+    want = {"batch_size": 64, "epochs": 5, "lr": 1e-3, "device": "cpu", "shuffle": True}
+    loaded = [("corrupt", str(tmp_path / "data"), None, None, False)]
+    if spies.loaded != loaded or spies.fits != [want]:
+        fail(f"python main.py train loaded {spies.loaded} (dataset, data dir, n_train, n_test, "
+             f"download) and trained with {spies.fits}; expected {loaded} and [{want}]: the "
+             f"documented defaults (the offline corrupted digits, every one of them, data/ "
+             f"beside the script, no download; 5 epochs of batches of 64 in a fresh random "
+             f"order, lr 1e-3, the CPU on a machine without a GPU).")
+    checkpoint, curve = runs / "model.pt", runs / "training_curve.png"
+    state = torch.load(checkpoint, weights_only=True) if checkpoint.is_file() else {}
+    if set(state) != set(_fresh_net_weights(0)) or not all(
+            torch.equal(v, state[k]) for k, v in _fresh_net_weights(0).items()):
+        fail("python main.py train (with fit() standing in, so the weights stay as they were "
+             "made) did not save the weights of a Net made after torch.manual_seed(0) in "
+             "runs/model.pt. The default --seed is 0, and it must be set before the model is "
+             "made: a run with the same seed must start from the same weights.")
+    if spies.curves != [([2.5, 1.5], str(curve))] or str(checkpoint) not in printed or (
+            str(curve) not in printed):
+        fail(f"python main.py train drew the curve {spies.curves} and printed "
+             f"{printed.strip()!r}; expected the losses fit() returned drawn into "
+             f"{curve}, and a line naming where the model and the curve were saved.")
+    elsewhere = tmp_path / "new" / "folder"
+    argv = ["train", "--dataset", "mnist", "--download", "--data-dir", "somewhere",
+            "--n-train", "5", "--n-test", "4", "--epochs", "2", "--lr", "0.01",
+            "--batch-size", "3", "--seed", "3", "--checkpoint", str(elsewhere / "m.pt"),
+            "--figure", str(elsewhere / "deeper" / "c.png")]
+    call(main.main, argv, what="python main.py " + " ".join(argv))
+    want = {"batch_size": 3, "epochs": 2, "lr": 0.01, "device": "cpu", "shuffle": True}
+    if spies.loaded[1:] != [("mnist", "somewhere", 5, 4, True)] or spies.fits[1:] != [want]:
+        fail(f"python main.py train with every option set loaded {spies.loaded[1:]} and "
+             f"trained with {spies.fits[1:]}; expected [('mnist', 'somewhere', 5, 4, True)] "
+             f"and [{want}]: each option must reach the code it configures.")
+    state = torch.load(elsewhere / "m.pt", weights_only=True) if (
+        elsewhere / "m.pt").is_file() else {}
+    fresh = _fresh_net_weights(3)
+    if set(state) != set(fresh) or not all(torch.equal(v, state[k]) for k, v in fresh.items()):
+        fail("python main.py train --seed 3 --checkpoint new/folder/m.pt did not save, there "
+             "(creating the folders), the weights of a Net made after torch.manual_seed(3).")
 
 
 # --- the command line: python main.py train / evaluate ---------------------------------
