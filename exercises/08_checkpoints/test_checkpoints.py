@@ -4,9 +4,11 @@ Each test checks one property. Read the failure message first: it says what was 
 what the code did instead, and why it matters.
 """
 
+import inspect
 import io
 import os
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ import torch
 import torch._dynamo  # noqa: F401 - the first optimizer step imports it (seconds): pay it here
 import torch.serialization
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from torchkata import data, under_test
 from torchkata.checks import call, fail, how_script_ended
@@ -159,6 +161,23 @@ def test_load_without_an_optimizer_restores_the_weights(device, tmp_path):
              f"weights: the optimizer is optional.")
 
 
+def test_load_accepts_a_checkpoint_without_optimizer_state(tmp_path):
+    """A checkpoint exported for inference (weights, epoch and random state, no optimizer
+    state) loads, even when an optimizer is passed: the optimizer keeps its own state."""
+    model, optimizer = trained("cpu")
+    exported = {"model": model.state_dict(), "epoch": 4, "rng": torch.get_rng_state()}
+    torch.save(exported, tmp_path / "exported.pt")
+    fresh, fresh_optimizer = new_run("cpu", seed=1)
+    done = load(tmp_path / "exported.pt", fresh, fresh_optimizer, "cpu",
+                why="A checkpoint shared for inference often leaves the optimizer's state out.")
+    if done != 4 or not all(torch.equal(a, b) for a, b in zip(weights(model), weights(fresh))):
+        fail(f"load_checkpoint on a checkpoint with the keys model, epoch and rng (no "
+             f"optimizer) returned {done!r} and {'the saved' if done == 4 else 'other'} "
+             f"weights; expected 4 and the saved weights. The optimizer's state is optional "
+             f"in a checkpoint: the weights, the epoch counter and the random state are what "
+             f"makes a file a training checkpoint.")
+
+
 class OnGPU(torch.Tensor):
     """A CPU tensor that says it lives on cuda:0, as map_location="cuda" would leave it."""
 
@@ -216,6 +235,12 @@ def test_load_explains_a_file_that_is_not_a_checkpoint(tmp_path):
     cases["a pickled nn.Linear"] = tmp_path / "module.pt"
     torch.save(nn.Linear(2, 2).state_dict(), tmp_path / "weights.pt")
     cases["a bare state_dict"] = tmp_path / "weights.pt"
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    cases["a bare tensor"] = tmp_path / "tensor.pt"
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()},
+               tmp_path / "no-epoch.pt")
+    cases["weights and optimizer state without the epoch and random state"] = (
+        tmp_path / "no-epoch.pt")
     other = nn.Sequential(nn.Linear(2, 5), nn.ReLU(), nn.Linear(5, 3))  # another architecture
     save(tmp_path / "other.pt", other, torch.optim.Adam(other.parameters()), 1)
     cases["another model's checkpoint"] = tmp_path / "other.pt"
@@ -309,6 +334,25 @@ def test_fit_reports_the_mean_cross_entropy_of_each_epoch(device, tmp_path):
                  f"{expected:.5g}. Expected a float equal to it: the history must show the loss "
                  f"that is minimised, with every sample counted once (the last batch may be "
                  f"short).")
+
+
+@trains
+def test_fit_prints_the_loss_of_each_epoch(device, tmp_path, capsys):
+    """fit prints one line per epoch, "epoch k/n: loss L", with the loss it returns for it."""
+    model, optimizer = new_run(device)
+    capsys.readouterr()
+    history = fit(model, optimizer, 2, tmp_path / "ckpt.pt", device)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "epoch" in line]
+    printed = [(re.findall(r"epoch (\d+)/(\d+)", line), re.findall(r"\d+\.\d+", line))
+               for line in lines]
+    expected = [(f"{k + 1}/2", round(loss, 4)) for k, loss in enumerate(history)]
+    got = [("/".join(e[0]) if e else "?", float(n[-1]) if n else None) for e, n in printed]
+    if len(got) != 2 or any(g[0] != e[0] or g[1] is None or abs(g[1] - e[1]) > 1e-4
+                            for g, e in zip(got, expected)):
+        fail(f"fit(epochs=2) printed the epochs and losses {got}; it returned the losses "
+             f"{[round(v, 4) for v in history]}, so expected {expected}: each line shows the "
+             f"epoch just finished and its own mean loss, the numbers a person watching the "
+             f"run compares with the uninterrupted run's.")
 
 
 @trains
@@ -549,14 +593,55 @@ def test_script_rejects_nonsense_arguments(tmp_path, monkeypatch):
     """Counts must be positive, the learning rate too, and devices real."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a laptop without a GPU
     path = tmp_path / "ckpt.pt"
-    for bad in (["--epochs", "0"], ["--epochs", "-3"], ["--batch_size", "0"], ["--lr", "0"],
-                ["--device", "gpu"], ["--device", "cuda"]):
-        problem = exits_cleanly(["--checkpoint", str(path), "--device", "cpu", *bad])
+    for bad in ("--epochs 0", "--epochs -3", "--batch_size 0", "--lr 0", "--lr -0.1",
+                "--device gpu", "--device cuda"):
+        # shlex gives new strings, as sys.argv holds them (not the interned literals of a file)
+        problem = exits_cleanly(["--checkpoint", str(path), "--device", "cpu", *shlex.split(bad)])
         if problem or path.exists():
-            fail(f"`python train.py {' '.join(bad)}` {problem or 'wrote a checkpoint'}. Expected "
+            fail(f"`python train.py {bad}` {problem or 'wrote a checkpoint'}. Expected "
                  f"argparse to refuse it with one line and a non-zero exit before training: "
                  f"epochs and batch size are at least 1, the learning rate is positive, and "
                  f"--device is cpu or cuda, cuda only where a GPU exists.")
+
+
+def test_script_defaults_reach_the_training(tmp_path, monkeypatch):
+    """With no options (as --help shows), train.py fits make_model() with Adam at lr 0.01 for 6
+    epochs on shuffled batches of 32 of make_data(seed=0), on the CPU of a machine without a
+    GPU; --fresh with no checkpoint yet, and a checkpoint folder that does not exist, are fine."""
+    module = train.resolve()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a laptop without a GPU
+    blobs = TensorDataset(*data.blobs(n=20, classes=3, seed=0))
+    seeds, runs = [], []
+    signature = inspect.signature(module.fit)
+    monkeypatch.setattr(module, "make_data", lambda seed=0: seeds.append(seed) or blobs)
+    monkeypatch.setattr(module, "fit", lambda *args, **kwargs: runs.append(
+        signature.bind(*args, **kwargs).arguments) or [])  # records the run instead of training
+    path = tmp_path / "new" / "runs" / "ckpt.pt"  # folders that do not exist yet
+    call(train.main, ["--checkpoint", str(path), "--fresh"],
+         what="train.main(['--checkpoint', PATH, '--fresh']) (no checkpoint there yet)",
+         why="--fresh deletes a checkpoint if there is one, and the script creates the "
+             "checkpoint's folder.")
+    if len(runs) != 1:
+        fail(f"train.main() called fit {len(runs)} times; expected once.")
+    run = runs[0]
+    optimizer, loader = run.get("optimizer"), run.get("loader")
+    with torch.no_grad():
+        outputs = tuple(run["model"].cpu()(torch.zeros(1, 2)).shape) if "model" in run else None
+    found = {"epochs": run.get("epochs"), "device": str(run.get("device")),
+             "lr": [g["lr"] for g in getattr(optimizer, "param_groups", [])],
+             "batch_size": getattr(loader, "batch_size", None),
+             "shuffled": isinstance(getattr(loader, "sampler", None), RandomSampler),
+             "data seed": seeds, "model output": outputs}
+    expected = {"epochs": 6, "device": "cpu", "lr": [0.01], "batch_size": 32, "shuffled": True,
+                "data seed": [0], "model output": (1, 3)}
+    wrong = {k: v for k, v in found.items() if v != expected[k]}
+    if wrong:
+        fail(f"`python train.py` with no options trained with {wrong}; expected "
+             f"{ {k: expected[k] for k in wrong} }. The defaults that --help shows are the run "
+             f"a learner compares with (3 classes of points in the plane, 6 epochs, Adam at "
+             f"lr 0.01, shuffled batches of 32, seed 0, the CPU where there is no GPU).")
+    if not path.parent.is_dir():
+        fail(f"train.py did not create the checkpoint's folder {path.parent}.")
 
 
 @requires("test_load_explains_a_file_that_is_not_a_checkpoint")

@@ -7,6 +7,8 @@ a few generated images written in its on-disk format.
 """
 
 import copy
+import inspect
+import math
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +18,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 from torchvision.models import ResNet18_Weights, resnet18
 from torchvision.models.resnet import BasicBlock as TorchvisionBlock
+from torchvision.transforms import v2
 
 from torchkata import data, targets, under_test, vision_files
 from torchkata.checks import (
@@ -691,17 +694,28 @@ def test_train_one_epoch_reports_the_mean_loss_of_its_batches(device):
 
 
 @pytest.mark.trains
-def test_train_one_epoch_covers_every_batch_or_max_steps(device):
-    """Without max_steps an epoch takes every batch once; with max_steps=k, exactly k."""
+def test_train_one_epoch_covers_every_batch_or_max_steps(device, capsys):
+    """Without max_steps an epoch takes every batch once; with max_steps=k, exactly k. By
+    default the batches keep their memory layout and no progress bar is drawn."""
     x, y = data.coloured_shapes(n=5, classes=4, seed=7)  # 20 images: 5 batches of 4
     loader = DataLoader(TensorDataset(x, y), batch_size=4)
     for max_steps, wanted in ((None, 5), (2, 2)):
         model = small_model(device)
         steps = []
-        model.register_forward_pre_hook(lambda m, i, steps=steps: steps.append(len(i[0])))
+        model.register_forward_pre_hook(
+            lambda m, i, steps=steps: steps.append(i[0].is_contiguous()))
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        capsys.readouterr()
         call(train.train_one_epoch, model, loader, optimizer, device, max_steps=max_steps,
              what=f"train_one_epoch(..., max_steps={max_steps}) on 5 batches")
+        drawn = capsys.readouterr().err
+        if drawn.strip() or not all(steps):
+            fail(f"train_one_epoch(model, loader, optimizer, device) with its defaults "
+                 f"{'drew a progress bar (' + drawn.strip()[-60:] + ')' if drawn.strip() else ''}"
+                 f"{' and ' if drawn.strip() and not all(steps) else ''}"
+                 f"{'' if all(steps) else 'converted the batches to channels_last'}. Expected "
+                 f"neither unless asked (progress=True, channels_last=True): a bar in a log "
+                 f"file or a test is noise, and channels_last pays off only on a GPU.")
         if len(steps) != wanted:
             fail(f"train_one_epoch(..., max_steps={max_steps}) on a loader of 5 batches ran "
                  f"{len(steps)} training steps; expected {wanted}. An epoch sees every "
@@ -730,12 +744,26 @@ def test_evaluate_reports_accuracy_in_eval_mode(device):
 
 @pytest.mark.trains
 @pytest.mark.requires("test_train_step_reports_the_loss_of_its_batch")
-def test_train_steps_for_benchmarks(device):
+def test_train_steps_for_benchmarks(device, monkeypatch):
     """train_steps runs N timed steps on a device-resident batch, in channels_last too."""
     model = call(resnet.ResNet18, 4, width=8, what="ResNet18(4, width=8)").to(device)
     x, y = data.coloured_shapes(n=2, classes=4, size=16)  # small and quick: (8, 3, 16, 16)
+    forwards, rates = [], []
+    model.register_forward_pre_hook(lambda m, i: forwards.append(len(i[0])))
+    module, real_optimizer = train.resolve(), train.resolve().make_optimizer
+
+    def make_optimizer(model, lr=0.01, *args, **kwargs):
+        rates.append(lr)
+        return real_optimizer(model, lr, *args, **kwargs)
+
+    monkeypatch.setattr(module, "make_optimizer", make_optimizer)
     result = call(train.train_steps, model, x.to(device), y.to(device), 4, channels_last=True,
-                  warmup=1, what="train_steps(model, x, y, 4, channels_last=True)")
+                  what="train_steps(model, x, y, 4, channels_last=True)")
+    if len(forwards) != 3 + 4 or rates != [0.1]:
+        fail(f"train_steps(model, x, y, steps=4) with its defaults ran {len(forwards)} steps "
+             f"and built its optimizer with lr {rates}; expected 3 untimed warm-up steps "
+             f"plus the 4 timed ones (warmup=3), and lr 0.1, as its signature says: "
+             f"benchmarks compare runs only when they do the same work.")
     losses = result.get("losses", []) if isinstance(result, dict) else []
     if len(losses) != 4 or not all(np.isfinite(losses)) or not result.get("seconds", 0) > 0:
         fail(f"train_steps(..., steps=4) returned {result!r}; expected a dict with 4 finite "
@@ -745,7 +773,7 @@ def test_train_steps_for_benchmarks(device):
              f"{losses[-1]:.3f}): each step must update the model it is given.")
 
 
-def test_device_and_precision_choices():
+def test_device_and_precision_choices(monkeypatch):
     """pick_device("auto") takes the best device this machine has; mixed precision only on
     CUDA (a CPU or MPS run stays in float32)."""
     best = "cuda" if torch.cuda.is_available() else (
@@ -756,10 +784,125 @@ def test_device_and_precision_choices():
         fail(f'pick_device("auto") gave {picked} and pick_device("cpu") gave {chosen} on a '
              f'machine whose best device is {best}; expected {best} and cpu: "auto" takes '
              f"the fastest device there is, and a named device is taken as asked.")
+    waited = []
+    for kind in ("cuda", "mps", "cpu"):  # stand-ins: record which device is waited for
+        monkeypatch.setattr(getattr(torch, kind), "synchronize",
+                            lambda *args, kind=kind: waited.append(kind))
+    for kind in ("cuda", "mps", "cpu"):
+        call(train.synchronize, torch.device(kind), what=f'synchronize(torch.device("{kind}"))')
+    if waited != ["cuda", "mps"]:
+        fail(f"synchronize() on cuda, mps and cpu waited for {waited}; expected cuda and mps: "
+             f"a GPU runs its work queued, so a timer must wait for it, while a CPU has "
+             f"finished when the call returns.")
     dtype = call(train.amp_dtype_for, torch.device("cpu"), what='amp_dtype_for(cpu)')
     if dtype is not None:
         fail(f"amp_dtype_for(cpu) gave {dtype}; expected None (float32). Autocast to half "
              f"precision pays off on CUDA GPUs; on a CPU it is slow or unsupported.")
+
+
+def run_main(argv: list[str], tmp_path: Path, monkeypatch, capsys) -> tuple[list[dict], str]:
+    """Run train.main(argv) in-process on a machine without a GPU, with train_one_epoch and
+    evaluate replaced by recorders (no training): what each epoch was given, and the output."""
+    module = train.resolve()
+    original = getattr(module.train_one_epoch, "__wrapped__", module.train_one_epoch)
+    real = inspect.signature(original)
+    epochs: list[dict] = []
+
+    def record(*args, **kwargs):
+        given = real.bind(*args, **kwargs)
+        given.apply_defaults()
+        run = dict(given.arguments)
+        optimizer = run.pop("optimizer")
+        optimizer.step()  # no gradients, so nothing moves: the scheduler sees a step was taken
+        run["lr"] = [group["lr"] for group in optimizer.param_groups]
+        run["trainable"] = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
+        epochs.append(run)
+        return 1.0  # the "mean loss" of the epoch
+
+    record.__wrapped__ = original  # a second run in the same test records the same way
+    monkeypatch.setattr(module, "train_one_epoch", record)
+    monkeypatch.setattr(module, "evaluate", lambda *args, **kwargs: 0.5)
+    monkeypatch.setattr(module, "HERE", tmp_path)  # the default outputs go here, not beside it
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    capsys.readouterr()
+    call(train.main, argv, what=f"train.main({argv}) (training replaced by a recorder)")
+    return epochs, capsys.readouterr().out
+
+
+def settings(run: dict) -> dict:
+    loader = run.get("loader")
+    return {"device": str(run.get("device")), "amp_dtype": run.get("amp_dtype"),
+            "channels_last": run.get("channels_last"), "max_steps": run.get("max_steps"),
+            "batch_size": getattr(loader, "batch_size", None),
+            "workers": getattr(loader, "num_workers", None),
+            "images": len(loader.dataset) if loader is not None else None,
+            "shuffled": isinstance(getattr(loader, "sampler", None), RandomSampler),
+            "width": run["model"].conv1.out_channels if "model" in run else None}
+
+
+def test_script_from_scratch_uses_its_documented_settings(tmp_path, monkeypatch, capsys):
+    """`train.py` on a CPU: 30 epochs of SGD from lr 0.1 down a cosine, fake data in shuffled
+    batches of 128, float32 and no channels_last, a zero-initialised ResNet18 of 10 classes
+    saved to runs/resnet18.pt, and one line per epoch."""
+    epochs, out = run_main(["--width", "8"], tmp_path, monkeypatch, capsys)
+    cosine = [0.05 * (1 + math.cos(math.pi * k / 30)) for k in range(30)]
+    lrs = [run["lr"][0] for run in epochs]
+    if len(lrs) != 30 or not np.allclose(lrs, cosine, rtol=1e-6):
+        fail(f"`train.py` (defaults: 30 epochs, lr 0.1 from scratch) ran {len(lrs)} epochs "
+             f"with the learning rates {[round(v, 4) for v in lrs[:4]]}...; expected 30 "
+             f"epochs starting at 0.1 and following a cosine (one scheduler step per epoch, "
+             f"T_max the number of epochs) down to {cosine[-1]:.5f} in the last one.")
+    expected = {"device": "cpu", "amp_dtype": None, "channels_last": False, "max_steps": None,
+                "batch_size": 128, "workers": 2, "images": 256, "shuffled": True, "width": 8}
+    got = settings(epochs[0])
+    if got != expected:
+        wrong = {k: v for k, v in got.items() if v != expected[k]}
+        fail(f"`train.py` on a CPU trained with {wrong}; expected "
+             f"{ {k: expected[k] for k in wrong} }: float32 and the default memory layout off "
+             f"CUDA, every batch of each epoch, and the defaults that --help shows.")
+    lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+    if len(lines) != 30 or "epoch 30/30" not in lines[-1] or "1.000" not in lines[-1] \
+            or "50.0%" not in lines[-1]:
+        fail(f"`train.py` printed {len(lines)} epoch lines, the last {lines[-1:]}; expected 30, "
+             f"the last saying epoch 30/30, its train loss (1.000 here) and test accuracy "
+             f"(50.0% here).")
+    saved = tmp_path / "runs" / "resnet18.pt"
+    if not saved.is_file() or str(saved) not in out:
+        fail(f"`train.py` did not save to runs/resnet18.pt beside the script and say so; it "
+             f"wrote {sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob('*'))}.")
+    model = resnet.ResNet18(10, width=8)
+    model.load_state_dict(torch.load(saved, weights_only=True))
+    if any(b.bn2.weight.abs().sum() != 0 for b in model.modules()
+           if isinstance(b, resnet.BasicBlock)):
+        fail("The untrained ResNet18 that `train.py` saved has non-zero bn2 weights: the "
+             "script builds its model with zero_init_residual=True, so that every block "
+             "starts as its shortcut.")
+
+
+def test_script_dry_run_and_pretrained_settings(tmp_path, monkeypatch, capsys, checkpoint):
+    """--dry-run: one epoch of 2 steps of 4 images, a width-16 model, nothing saved.
+    --checkpoint: the frozen backbone with a new head, lr 0.01, the weights' normalisation."""
+    epochs, out = run_main(["--dry-run"], tmp_path, monkeypatch, capsys)
+    got = settings(epochs[0]) if len(epochs) == 1 else None
+    expected = {"device": "cpu", "amp_dtype": None, "channels_last": False, "max_steps": 2,
+                "batch_size": 4, "workers": 0, "images": 8, "shuffled": True, "width": 16}
+    if got != expected or any(tmp_path.iterdir()):
+        fail(f"`train.py --dry-run` ran {len(epochs)} epoch(s) with {got} and wrote "
+             f"{sorted(p.name for p in tmp_path.iterdir())}; expected one epoch with "
+             f"{expected} and nothing written: the smoke test checks the plumbing quickly.")
+    epochs, out = run_main(["--checkpoint", str(checkpoint), "--epochs", "1", "--save",
+                            str(tmp_path / "head.pt")], tmp_path, monkeypatch, capsys)
+    run = epochs[0] if len(epochs) == 1 else {}
+    transform = getattr(getattr(run.get("loader"), "dataset", None), "transform", None)
+    means = [tuple(t.mean) for t in getattr(transform, "transforms", [])
+             if isinstance(t, v2.Normalize)]
+    if run.get("lr") != [0.01] or run.get("trainable") != 512 * 10 + 10 or \
+            means != [tuple(IMAGENET.transforms().mean)]:
+        fail(f"`train.py --checkpoint FILE` trained {run.get('trainable')} parameters at lr "
+             f"{run.get('lr')}, normalising with the means {means}; expected only the new "
+             f"head (5,130 parameters) at lr 0.01, and ImageNet's mean: pretrained weights "
+             f"are fine-tuned gently, and their inputs scaled as in their own training.")
 
 
 @pytest.mark.parametrize("argv", [["--epochs", "0"], ["--batch-size", "-2"],
