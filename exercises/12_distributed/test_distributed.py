@@ -19,9 +19,13 @@ giving each rank a single thread. (train.py's own launcher uses spawn, which wor
 every OS.)
 """
 
+import contextlib
 import faulthandler
+import io
 import os
 import pickle
+import re
+import runpy
 import signal
 import socket
 import sys
@@ -34,6 +38,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.optimizer import (
     register_optimizer_step_post_hook,
     register_optimizer_step_pre_hook,
@@ -123,6 +128,7 @@ def test_each_rank_loads_its_own_shard_and_the_shards_cover_the_data(world_size)
              f"data set.")
 
 
+@pytest.mark.requires("test_each_rank_loads_its_own_shard_and_the_shards_cover_the_data")
 def test_make_loader_shuffles_only_when_asked():
     """shuffle=True: the seed decides a shuffled order; shuffle=False: the shard in order."""
 
@@ -142,6 +148,10 @@ def test_make_loader_shuffles_only_when_asked():
     if first == second:
         fail("make_loader(..., shuffle=True) yields the same order with seed=0 and seed=1. "
              "Expected the seed to decide the shuffle (and so to make a run repeatable).")
+    if order() != first:
+        fail("make_loader(dataset, 5, rank=0, world_size=2) yields another order than with "
+             "shuffle=True, seed=0; expected those documented defaults: a training loader "
+             "shuffles unless told otherwise, repeatably.")
 
 
 def test_each_epoch_visits_the_shard_in_a_new_order():
@@ -168,8 +178,147 @@ def test_each_epoch_visits_the_shard_in_a_new_order():
                  f"epoch unless it is told. The same order every epoch trains worse.")
 
 
+def test_train_one_epoch_returns_the_mean_loss_over_the_shards_samples():
+    """train_one_epoch returns the mean cross-entropy per sample of the shard, not per batch."""
+    x = torch.linspace(-1, 1, 44).unsqueeze(1)  # (44, 1): a shard of 22, batches 8, 8 and 6
+    y = (x[:, 0] > 0.3).long()
+    data = TensorDataset(x, y)
+    loader = DataLoader(data, batch_size=8,
+                        sampler=DistributedSampler(data, num_replicas=2, rank=1, seed=0))
+    torch.manual_seed(0)
+    model = nn.Linear(1, 2)  # NoStep: the weights stay put, so every batch's loss is known
+    got = call(train.train_one_epoch, model, loader, NoStep(), 0,
+               what="train_one_epoch(model, loader, optimizer, epoch=0)")
+    shard = list(loader.sampler)
+    with torch.no_grad():
+        expected = nn.functional.cross_entropy(model(x[shard]), y[shard]).item()
+    if not isinstance(got, float) or abs(got - expected) > 1e-5:
+        fail(f"train_one_epoch on a shard of 22 samples in batches of 8, 8 and 6 returned "
+             f"{got!r}; expected {expected:.5f}, the mean loss per sample of the shard (each "
+             f"batch's mean loss weighted by its size): a plain number, comparable between "
+             f"epochs and batch sizes.")
+
+
+def test_make_data_is_four_blobs_at_the_corners_of_a_square():
+    """make_data(): 512 + 256 points of 4 classes, blob k centred at (+-2, +-2), spread 1."""
+    train_set, val_set = call(train.make_data, 0, what="make_data(0)")
+    x = torch.cat([train_set.tensors[0], val_set.tensors[0]])
+    y = torch.cat([train_set.tensors[1], val_set.tensors[1]])
+    if (len(train_set), len(val_set)) != (512, 256) or tuple(x.shape) != (768, 2):
+        fail(f"make_data() gave {len(train_set)} training and {len(val_set)} validation points "
+             f"of shape {tuple(x.shape[1:])}; expected 512 and 256 points in the plane (2,).")
+    centres = torch.tensor([[-2.0, -2.0], [-2.0, 2.0], [2.0, -2.0], [2.0, 2.0]])
+    for k, centre in enumerate(centres):
+        blob = x[y == k]
+        mean, spread = blob.mean(dim=0), blob.std(dim=0)
+        if (len(blob) < 150 or (mean - centre).abs().max() > 0.3
+                or (spread - 1).abs().max() > 0.15):
+            fail(f"Class {k} of make_data() has {len(blob)} points centred at "
+                 f"{[round(v, 2) for v in mean.tolist()]} with spread "
+                 f"{[round(v, 2) for v in spread.tolist()]}; expected about a quarter of the "
+                 f"768 points around {centre.tolist()} with spread 1 in each direction: four "
+                 f"blobs at the corners of a square that overlap a little, so that accuracy "
+                 f"says how well the model draws the boundaries.")
+    noise = x - centres[y]  # (768, 2)
+    correlation = torch.corrcoef(noise.T)[0, 1].item()
+    if abs(correlation) > 0.2:
+        fail(f"The two coordinates of make_data()'s points scatter around their centres with a "
+             f"correlation of {correlation:.2f}; expected independent noise in each direction "
+             f"(about 0): round blobs, not streaks along a diagonal.")
+    again = call(train.make_data, what="make_data()")
+    if not torch.equal(again[1].tensors[0], val_set.tensors[0]):
+        fail("make_data() and make_data(0) give different points; expected the same: the "
+             "default seed is 0, so that every rank (and every run) builds the same data.")
+    model = call(train.make_model, what="make_model()")
+    logits = call(model, x[:5], what="make_model()(points (5, 2))")
+    if tuple(logits.shape) != (5, 4):
+        fail(f"make_model() maps 5 points (5, 2) to logits of shape {tuple(logits.shape)}; "
+             f"expected (5, 4), one logit per class of make_data().")
+
+
+def test_loopback_interface_exists_on_this_machine():
+    """ddp.LOOPBACK_INTERFACE is this machine's loopback ('lo' on Linux, 'lo0' on macOS)."""
+    names = [name for _, name in socket.if_nameindex()]
+    if ddp.LOOPBACK_INTERFACE not in names:
+        fail(f"ddp.LOOPBACK_INTERFACE is {ddp.LOOPBACK_INTERFACE!r}, but this machine "
+             f"({sys.platform}) has the interfaces {names}. gloo binds its connections to the "
+             f"interface named in GLOO_SOCKET_IFNAME: one that does not exist stops the launch "
+             f"before the first rank connects.")
+
+
+def test_free_port_is_one_the_os_picked_and_nothing_holds():
+    """free_port() returns a port number (1024..65535) that a new socket can listen on."""
+    port = call(ddp.free_port, what="free_port()")
+    if not isinstance(port, int) or not 1024 <= port <= 65535:
+        fail(f"free_port() returned {port!r}; expected a port number that the OS picked from "
+             f"its free ports (binding to port 0 asks for one): an unprivileged port above "
+             f"1023, for MASTER_PORT.")
+    with socket.socket() as s:
+        try:
+            s.bind((LOOPBACK, port))
+        except OSError as exc:
+            fail(f"free_port() returned {port}, but binding a new socket to it failed ({exc}); "
+                 f"expected a port that nothing holds once free_port() returns, so that rank "
+                 f"0 can listen on it.")
+
+
+class Wrapped(DistributedDataParallel):
+    """A DistributedDataParallel wrapper that needs no process group: only its ``module``."""
+
+    def __init__(self, module: nn.Module) -> None:
+        nn.Module.__init__(self)  # DDP's own __init__ would join the process group
+        self.module = module
+
+
+def test_save_checkpoint_creates_its_folder_and_overwrites(tmp_path):
+    """save_checkpoint(wrapper, DIR/a/b/model.pt) creates the folders, and saves again over it."""
+    torch.manual_seed(0)
+    model = train.make_model()
+    path = tmp_path / "a" / "b" / "model.pt"
+    for attempt in ("first", "second"):
+        call(ddp.save_checkpoint, Wrapped(model), path,
+             what=f"save_checkpoint(model, {path.relative_to(tmp_path)}) ({attempt} time)",
+             why="Expected it to create the missing folders, and to overwrite the file of an "
+                 "earlier run, so that the script works in a fresh checkout and when run twice.")
+    state = torch.load(path, weights_only=True)
+    if not isinstance(state, dict) or set(state) != set(model.state_dict()):
+        fail(f"save_checkpoint wrote {type(state).__name__} with keys "
+             f"{list(state)[:3] if isinstance(state, dict) else '-'}; expected the wrapped "
+             f"model's own state_dict, {list(model.state_dict())[:3]}...")
+
+
 BAD_ARGUMENTS = [["--nproc", "0"], ["--epochs", "0"], ["--batch-size", "-2"], ["--lr", "0"],
-                 ["--timeout", "0"]]
+                 ["--lr", "-0.1"], ["--timeout", "0"], ["--timeout", "-1"]]
+
+
+def test_script_launches_with_the_documented_defaults(monkeypatch):
+    """python train.py starts 2 ranks of Config(); under torchrun (RANK set) it runs one rank."""
+    started = []
+    module = train.resolve()
+    monkeypatch.setattr(module, "launch", lambda nproc, cfg: started.append(("launch", nproc, cfg)))
+    monkeypatch.setattr(module, "run", lambda cfg: started.append(("run", None, cfg)))
+    monkeypatch.delenv("RANK", raising=False)
+    call(train.main, [], what="train.main([])")
+    expected = ("launch", 2, module.Config(epochs=5, batch_size=32, lr=0.1, seed=0, timeout=60.0,
+                                           out=module.RUNS))
+    if started != [expected]:
+        fail(f"python train.py (no RANK in the environment) did {started}; expected "
+             f"{[expected]}: it starts its own 2 ranks with the documented defaults (5 epochs, "
+             f"batches of 32 per rank, lr 0.1, seed 0, a timeout of 60 s).")
+    started.clear()
+    argv = ["--nproc", "1", "--epochs", "1", "--batch-size", "7", "--timeout", "0.5"]
+    call(train.main, argv, what=f"train.main({argv})")
+    if [(kind, n, cfg.epochs, cfg.batch_size, cfg.timeout) for kind, n, cfg in started] != [
+            ("launch", 1, 1, 7, 0.5)]:
+        fail(f"python train.py {' '.join(argv)} did {started}; expected one launch of 1 rank "
+             f"with 1 epoch, batches of 7 and a timeout of 0.5 s: any whole number from 1 and "
+             f"any positive timeout are valid.")
+    started.clear()
+    monkeypatch.setenv("RANK", "0")
+    call(train.main, ["--epochs", "1"], what="train.main(['--epochs', '1']) with RANK=0")
+    if [kind for kind, _, _ in started] != ["run"]:
+        fail(f"Under torchrun (RANK=0 in the environment), train.py did {started}; expected "
+             f"run(cfg) in this process: torchrun has started the ranks already.")
 
 
 def test_script_rejects_bad_arguments(capsys, monkeypatch):
@@ -191,6 +340,22 @@ def test_script_rejects_bad_arguments(capsys, monkeypatch):
         if "error" not in capsys.readouterr().err:
             fail(f"{command} exited without saying why on stderr.")
 
+
+def test_script_runs_main_when_started_as_a_file(monkeypatch):
+    """`python train.py --nproc 0` reaches main(): its argument check ends the run (code 2)."""
+    path = train.resolve().__file__
+    monkeypatch.syspath_prepend(str(Path(path).parent))
+    monkeypatch.setattr(sys, "argv", [path, "--nproc", "0"])
+    try:
+        runpy.run_path(path, run_name="__main__")
+    except SystemExit as exc:
+        if exc.code == 2:
+            return
+        fail(f"python train.py --nproc 0 exited with code {exc.code!r}; expected 2, the "
+             f"usage error of main()'s argument check.")
+    fail("python train.py --nproc 0 ended without an error: main() never ran. Run as a "
+         "file, a script's module is named '__main__', and the block at its end decides "
+         "whether main() runs.")
 
 # --- one real run of two ranks ----------------------------------------------------------
 
@@ -271,7 +436,11 @@ def rank_main(rank: int, port: int, folder: Path, out: Path) -> None:
     try:
         cfg = module.Config(epochs=EPOCHS, batch_size=BATCH, lr=0.1, seed=0,
                             timeout=GROUP_TIMEOUT, out=out / "runs")
-        returned = module.run(cfg)
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            try:
+                returned = module.run(cfg)
+            finally:
+                record["printed"] = printed.getvalue()
         record["group_left_open"] = dist.is_initialized()
         record["returned"] = ({k: v for k, v in returned.items() if isinstance(v, (int, float))}
                               if isinstance(returned, dict) else repr(returned)[:200])
@@ -546,3 +715,26 @@ def test_run_leaves_no_process_group_behind(ranks):
              f"{open_on}. Expected run() to leave the group it joined: its sockets and threads "
              f"stay open until the process ends, and the next init_process_group() in the same "
              f"process fails because a default group already exists.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_every_rank_reports_the_metrics_of_the_whole_validation_set")
+def test_only_rank_0_prints_the_metrics_of_each_epoch(ranks):
+    """Rank 0 prints 'epoch i/3: validation loss ..., accuracy ...% (2 processes)'; rank 1 not."""
+    checks(train.run)
+    zero, one = ranks.check()
+    pattern = (r"epoch (\d+)/(\d+): validation loss ([\d.]+), accuracy ([\d.]+)% "
+               r"\((\d+) processes\)")
+    found = re.findall(pattern, zero["printed"])
+    got = [(int(e), int(n), int(p)) for e, n, _, _, p in found]
+    expected = [(epoch, EPOCHS, WORLD_SIZE) for epoch in range(1, EPOCHS + 1)]
+    final = zero["returned"]
+    if one["printed"].strip() or got != expected or not isinstance(final, dict) or abs(
+            float(found[-1][2]) - final.get("val_loss", -1)) > 1e-4 or abs(
+            float(found[-1][3]) - 100 * final.get("val_accuracy", -1)) > 0.051:
+        fail(f"In a run of {EPOCHS} epochs on two ranks, rank 0 printed:\n"
+             f"{zero['printed'].strip()}\nand rank 1 printed:\n{one['printed'].strip()}\n"
+             f"Expected rank 0 alone to print one line per epoch, 'epoch 1/{EPOCHS}: validation "
+             f"loss ..., accuracy ...% ({WORLD_SIZE} processes)' counting from 1, the last with "
+             f"the metrics run() returns; rank 1 prints nothing: every rank would print the "
+             f"same numbers, and N copies of each line bury the one you want.")

@@ -6,6 +6,10 @@ what the code did instead, and why it matters. The oracles are PyTorch's own
 weights as yours.
 """
 
+import contextlib
+import io
+import re
+
 import pytest
 import torch
 
@@ -18,7 +22,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from torchkata import under_test
-from torchkata.checks import assert_close_to_oracle, assert_grads_flow, call, fail, shared
+from torchkata.checks import (
+    assert_close_to_oracle,
+    assert_grads_flow,
+    call,
+    fail,
+    how_script_ended,
+    shared,
+)
 
 attention = under_test("attention")
 transformer = under_test("transformer")
@@ -367,6 +378,33 @@ def test_padding_does_not_change_the_real_positions(device, length, heads, causa
                                f"{PADDING}")
 
 
+def test_layers_have_their_documented_sizes():
+    """heads divide dim; the MLP is 4 * dim wide; TinyTransformer: dim 32, 4 heads, 2 blocks."""
+    try:
+        transformer.MultiHeadSelfAttention(6, 4)
+    except ValueError:
+        pass
+    except Exception as exc:  # noqa: BLE001
+        fail(f"MultiHeadSelfAttention(6, heads=4) raised {type(exc).__name__}: {exc}; expected "
+             f"a ValueError that says dim must be a multiple of heads.")
+    else:
+        fail("MultiHeadSelfAttention(6, heads=4) was built; expected a ValueError: 6 features "
+             "cannot be split into 4 heads of equal width.")
+    widths = [transformer.TransformerBlock(8, 2).mlp[0].out_features,
+              transformer.TransformerBlock(8, 2, hidden=5).mlp[0].out_features]
+    if widths != [32, 5]:
+        fail(f"TransformerBlock(8, 2) and TransformerBlock(8, 2, hidden=5) have MLPs "
+             f"{widths[0]} and {widths[1]} wide; expected 32 (4 * dim, the default) and 5.")
+    model = transformer.TinyTransformer(7, 6)
+    got = (model.tokens.embedding_dim, model.blocks[0].attn.heads, len(model.blocks),
+           model.positions.num_embeddings, model.head.out_features)
+    if got != (32, 4, 2, 6, 7):
+        fail(f"TinyTransformer(vocab=7, max_len=6) has width {got[0]}, {got[1]} heads, "
+             f"{got[2]} blocks, {got[3]} positions and {got[4]} outputs; expected the "
+             f"documented defaults, width 32, 4 heads and 2 blocks, with 6 positions and 7 "
+             f"outputs.")
+
+
 # --- the pre-norm transformer block --------------------------------------------------------
 
 
@@ -460,12 +498,13 @@ def test_reversal_batch_holds_a_sequence_and_its_reversal():
              f"reversal, less one token.")
     x = inputs[:, :4]
     expected_inputs = torch.cat([x, torch.full((5, 1), 10), x.flip(1)[:, :3]], dim=1)
-    expected_targets = torch.cat([torch.full((5, 4), train.IGNORE), x.flip(1)], dim=1)
+    expected_targets = torch.cat([torch.full((5, 4), -100), x.flip(1)], dim=1)
     if not (torch.equal(inputs, expected_inputs) and torch.equal(targets, expected_targets)):
         fail(f"reversal_batch gave inputs {inputs[0].tolist()} and targets "
              f"{targets[0].tolist()}; expected inputs x, separator (10), x reversed less its "
              f"last token, and as targets the next token of each input position, IGNORE "
-             f"({train.IGNORE}) where it cannot be predicted.")
+             f"where it cannot be predicted: -100, the ignore_index that cross_entropy skips "
+             f"by default (any other value can be a real token of a larger vocabulary).")
 
 
 class CountUp(nn.Module):
@@ -488,6 +527,54 @@ def test_generate_feeds_back_its_own_predictions(device):
     if not model.training:
         fail("generate() left the model in eval mode; expected it to restore the mode the "
              "model was in (training may go on after a sample).")
+
+
+class CountUpWithWeights(CountUp):
+    """CountUp with a parameter, so that code can ask it for its device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(1))
+
+
+@pytest.mark.requires("test_generate_feeds_back_its_own_predictions")
+def test_reversal_accuracy_scores_the_written_second_half():
+    """reversal_accuracy: the share of the tokens written after the separator that are right."""
+    x = torch.tensor([[2, 1, 0], [3, 1, 0]])  # reversed: [0, 1, 2] and [0, 1, 3]
+    # vocab 6: the separator is token 6, and CountUp (mod 7) writes 0, 1, 2 after it
+    got = call(train.reversal_accuracy, CountUpWithWeights(), x, 6,
+               what="reversal_accuracy(model, x, vocab=6)")
+    if not isinstance(got, float) or abs(got - 5 / 6) > 1e-6:
+        fail(f"A model that writes [0, 1, 2] after the separator, asked to reverse [2, 1, 0] "
+             f"and [3, 1, 0], got a reversal accuracy of {got!r}; expected 5/6 = 0.8333: of the "
+             f"6 tokens written after the separator, 5 equal the reversed inputs.")
+
+
+def test_train_reversal_reports_the_loss_it_optimises():
+    """train_reversal: one Adam step (lr 0.01) per fresh batch of 64 (seed 0); each step's loss."""
+    torch.manual_seed(0)
+    model = transformer.TinyTransformer(5, 6, dim=8, heads=2, layers=1)
+    twin = transformer.TinyTransformer(5, 6, dim=8, heads=2, layers=1)
+    twin.load_state_dict(model.state_dict())
+    losses = call(train.train_reversal, model, 2, 3, 4,
+                  what="train_reversal(model, steps=2, length=3, vocab=4)")
+    g, optimizer, expected = generator(0), torch.optim.Adam(twin.parameters(), lr=1e-2), []
+    for _ in range(2):
+        inputs, targets = train.reversal_batch(64, 3, 4, g)
+        loss = F.cross_entropy(twin(inputs, causal=True).flatten(0, 1), targets.flatten(),
+                               ignore_index=train.IGNORE)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        expected.append(loss.item())
+    if not isinstance(losses, list) or len(losses) != 2 or any(
+            abs(a - b) > 1e-4 for a, b in zip(losses, expected)):
+        fail(f"train_reversal(model, steps=2, length=3, vocab=4) returned {losses!r}; expected "
+             f"{[round(v, 4) for v in expected]}: the loss of each step, the next-token "
+             f"cross-entropy of the causal model on a fresh batch of 64 drawn from seed 0, "
+             f"ignoring the IGNORE targets, with Adam at lr 0.01 (the defaults).")
+    if not model.training:
+        fail("train_reversal left the model in eval mode; expected train mode.")
 
 
 @pytest.mark.trains
@@ -528,16 +615,87 @@ def test_tiny_transformer_learns_to_reverse_sequences(device):
              f"30 steps on every seed we measured).{gap}")
 
 
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    """`python train.py --dry-run --device cpu --out F`: what it printed and wrote."""
+    out = tmp_path_factory.mktemp("dry") / "sub" / "reverse.pt"
+    argv = ["--dry-run", "--device", "cpu", "--out", str(out)]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            train.main(argv)
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - reported by every test that needs it
+        return {"error": f"train.main({argv}) raised {type(exc).__name__}: {exc}"}
+    return {"out": out, "printed": printed.getvalue()}
+
+
+def dry(run) -> dict:
+    if "error" in run:
+        fail(run["error"])
+    return run
+
+
 @pytest.mark.trains
-def test_train_script_writes_a_loadable_checkpoint(tmp_path, capsys):
+def test_train_script_writes_a_loadable_checkpoint(dry_run):
     """python train.py --dry-run --out F writes a checkpoint that torch.load reads safely."""
-    out = tmp_path / "sub" / "reverse.pt"
-    call(train.main, ["--dry-run", "--device", "cpu", "--out", str(out)],
-         what="train.main(['--dry-run', '--device', 'cpu', '--out', ...])")
-    printed = capsys.readouterr().out
+    out, printed = dry(dry_run)["out"], dry_run["printed"]
     if not out.is_file() or str(out) not in printed:
         fail(f"train.py --out {out} should write the checkpoint there (creating the folder) "
              f"and print its path; it printed:\n{printed}")
     saved = torch.load(out, weights_only=True)
     model = transformer.TinyTransformer(**saved["config"])
     call(model.load_state_dict, saved["state_dict"], what="load_state_dict(checkpoint)")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_train_script_writes_a_loadable_checkpoint")
+def test_train_script_defaults_and_report(dry_run):
+    """Defaults: 6 tokens of 10 kinds, width 32, 4 heads, 1 block; a dry run is 5 steps."""
+    run = dry(dry_run)
+    config = torch.load(run["out"], weights_only=True)["config"]
+    expected = dict(vocab=11, max_len=12, dim=32, heads=4, layers=1)
+    if config != expected:
+        fail(f"python train.py --dry-run saved the model config {config}; expected {expected}: "
+             f"with the defaults (--length 6, --vocab 10, --dim 32, --heads 4, --layers 1), "
+             f"the model has 10 tokens plus the separator and positions for 6 + 6 tokens.")
+    printed = run["printed"]
+    found = re.search(r"(\d+) steps, final loss [\d.]+; reversed [\d.]+% of the tokens of "
+                      r"(\d+) new sequences \(chance: (\d+)%\)", printed)
+    written = re.search(r"input \[([\d, ]*)\] -> written \[([\d, ]*)\]", printed)
+    if (not found or found.groups() != ("5", "1000", "10") or not written
+            or [len(w.split(",")) for w in written.groups()] != [6, 6]):
+        fail(f"python train.py --dry-run printed:\n{printed.strip()}\nExpected '5 steps, final "
+             f"loss ...; reversed ...% of the tokens of 1000 new sequences (chance: 10%)' (a "
+             f"dry run is 5 steps; chance is 1 in --vocab 10) and 'input [6 tokens] -> written "
+             f"[6 tokens]'.")
+
+
+@pytest.mark.trains
+def test_train_script_accepts_the_smallest_sizes(tmp_path):
+    """--length 1 --vocab 2 --dim 1 --heads 1 --layers 1 --steps 1 --batch-size 1 is valid."""
+    argv = ["--dry-run", "--length", "1", "--vocab", "2", "--dim", "1", "--heads", "1",
+            "--layers", "1", "--steps", "1", "--batch-size", "1", "--device", "cpu",
+            "--out", str(tmp_path / "small.pt")]
+    with contextlib.redirect_stdout(io.StringIO()):
+        ended = how_script_ended(train.main, argv)
+    if ended != "carried on and returned normally":
+        fail(f"python train.py {' '.join(argv[:-2])} {ended}; expected it to run: each of "
+             f"these is the smallest value that makes sense (a vocabulary needs 2 tokens).")
+
+
+@pytest.mark.parametrize("argv", [["--lr", "0"], ["--lr", "-1"], ["--dim", "30", "--heads", "4"],
+                                  ["--length", "0"], ["--vocab", "1"], ["--heads", "0"]])
+def test_train_script_rejects_bad_arguments(argv):
+    """Impossible arguments stop the script with a one-line usage error, before it trains."""
+    ended = how_script_ended(train.main, argv)
+    if ended:
+        fail(f"python train.py {' '.join(argv)} {ended}; expected a one-line error and a "
+             f"non-zero exit status before any training.")
+
+
+def test_train_script_accepts_cuda_only_where_there_is_one(monkeypatch):
+    """--device cuda on a machine without CUDA: a usage error, not a crash deep in training."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    ended = how_script_ended(train.main, ["--device", "cuda"])
+    if ended:
+        fail(f"python train.py --device cuda, without a CUDA device, {ended}; expected a "
+             f"one-line usage error and a non-zero exit status.")
