@@ -5,6 +5,9 @@ what the code did instead, and why it matters.
 """
 
 import copy
+import inspect
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from monai.data import get_track_meta, set_track_meta
 from monai.data.synthetic import create_test_image_2d
 from torch.nn import functional as F
 
@@ -21,8 +25,10 @@ from torchkata.checks import (
     assert_grads_flow,
     call,
     fail,
+    how_script_ended,
     network_attempts,
     run_script,
+    shell_argv,
 )
 
 transforms = under_test("transforms")
@@ -235,6 +241,91 @@ def test_validation_transforms_are_not_random():
              "belongs to the training split only.")
 
 
+@pytest.mark.requires("test_preprocess_gives_channel_first_image_and_mask")
+def test_transforms_resize_to_64_pixels_by_default():
+    """preprocess(), train_transforms() and val_transforms() without a size give 64 x 64."""
+    from monai.transforms import Compose
+
+    mask, _ = grid_mask(1, 4, 3, 40, 50)
+    for name, make in (("preprocess()", lambda: Compose(transforms.preprocess())),
+                       ("train_transforms()", transforms.train_transforms),
+                       ("val_transforms()", transforms.val_transforms)):
+        pipeline = call(make, what=name)
+        sample = {"image": image_from_mask(mask, 1), "label": mask}
+        out = run_transform(pipeline, sample, f"{name} on a (40, 50, 1) image")
+        image, label = tuple(out["image"].shape), tuple(out["label"].shape)
+        if image != (1, 64, 64) or label != (1, 64, 64):
+            fail(f"{name} without a size gave an image {image} and a mask {label}; expected "
+                 f"(1, 64, 64) and (1, 64, 64): the default size is 64, the window that "
+                 f"predict() and fit() use by default, so that a model sees at inference "
+                 f"the size it was trained on.")
+
+
+@pytest.mark.requires("test_preprocess_gives_channel_first_image_and_mask")
+def test_transforms_give_plain_float32_tensors():
+    """train_transforms and val_transforms end in plain float32 torch tensors, without
+    MONAI's metadata (MetaTensor), for both the image and the mask."""
+    mask, _ = grid_mask(2, 4, 3, 20, 20)
+    for name, make in (("train_transforms(16)", transforms.train_transforms),
+                       ("val_transforms(16)", transforms.val_transforms)):
+        sample = {"image": image_from_mask(mask, 1), "label": mask}
+        out = run_transform(call(make, 16, what=name), sample, f"{name} on a (20, 20) sample")
+        kinds = {key: (type(out[key]).__name__, str(getattr(out[key], "dtype", None)))
+                 for key in ("image", "label")}
+        if any(kind != ("Tensor", "torch.float32") for kind in kinds.values()):
+            fail(f"{name} gave (type, dtype) {kinds}; expected ('Tensor', 'torch.float32') "
+                 f"for both: plain tensors batch and train faster than MONAI's MetaTensor, "
+                 f"whose metadata (affine, file names) this exercise never reads.")
+
+
+def orientation_counts(pipeline, draws: int) -> list[int]:
+    """How often Compose(augment()) gave each of the 8 orientations of a (1, 8, 8) sample:
+    the 4 that keep height and width (as is, the two flips, the half turn) first, then the 4
+    that swap them (the quarter turns, the two transposes)."""
+    square = np.arange(64, dtype=np.float32).reshape(8, 8)
+    keep = [square, square[::-1], square[:, ::-1], square[::-1, ::-1]]
+    swap = [np.rot90(square), np.rot90(square, 3), square.T, square[::-1, ::-1].T]
+    counts = [0] * 8
+    sample = {"image": torch.from_numpy(square)[None], "label": torch.from_numpy(square)[None]}
+    tracking = get_track_meta()
+    set_track_meta(False)  # plain tensors: 2-3 times faster, the same moves
+    try:
+        for _ in range(draws):
+            out = call(pipeline, dict(sample), what="augment() on a (1, 8, 8) image and mask")
+            got = as_array(out["image"])[0]
+            which = [i for i, o in enumerate(keep + swap) if o.shape == got.shape
+                     and np.array_equal(o, got)]
+            if which:
+                counts[which[0]] += 1
+    finally:
+        set_track_meta(tracking)
+    return counts
+
+
+@pytest.mark.requires("test_augmentation_moves_image_and_mask_together")
+def test_augmentation_flips_each_axis_and_turns_half_the_time():
+    """Over 360 draws, augment() gives each orientation as often as a flip of the height, a
+    flip of the width and a turn by 1 to 3 quarters, each with probability 1/2, predict:
+    each of the 4 orientations that keep height and width 1/6 of the time, each of the 4
+    that swap them 1/12."""
+    from monai.transforms import Compose
+
+    pipeline = call(lambda: Compose(transforms.augment()), what="Compose(augment())")
+    pipeline.set_random_state(seed=0)
+    draws = 360
+    counts = orientation_counts(pipeline, draws)
+    expected = [draws / 6] * 4 + [draws / 12] * 4
+    chi2 = sum((c - e) ** 2 / e for c, e in zip(counts, expected))
+    if sum(counts) != draws or chi2 > 24:  # 7 degrees of freedom: p < 0.001 by chance
+        fail(f"Over {draws} draws augment() gave the orientations (as is, flipped along the "
+             f"height, along the width, half turn | quarter turn, three quarters, the two "
+             f"transposes) {counts} times ({draws - sum(counts)} other results); expected "
+             f"about {[round(e) for e in expected]}, as from a flip along the height, a flip "
+             f"along the width and a quarter turn, each applied with probability 0.5. A "
+             f"flip always or never applied, or two flips of the same axis, skews the "
+             f"orientations the network learns from.")
+
+
 # --- the network, the loss ----------------------------------------------------------------
 
 
@@ -254,6 +345,32 @@ def test_unet_output_shape(device, batch, depth, k, in_channels, classes, res_un
         fail(f"build_unet({in_channels}, {classes}, channels={channels}) on input "
              f"{tuple(x.shape)} returned {tuple(out.shape)}; expected {expected}: one score per "
              f"class for every pixel of the input.")
+
+
+def test_build_unet_has_the_documented_levels():
+    """build_unet() is MONAI's UNet for 1-channel images and 3 classes, with channels
+    (16, 32, 64, 128), 2 residual units per block and a stride of 2 between levels; other
+    channels get one stride of 2 per level after the first, without a warning."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        nets = {"build_unet()": call(model.build_unet, what="build_unet()"),
+                "build_unet(3, 5, (8, 16), 0)": call(model.build_unet, 3, 5, (8, 16), 0,
+                                                      what="build_unet(3, 5, (8, 16), 0)")}
+    expected = {"build_unet()": (1, 3, (16, 32, 64, 128), (2, 2, 2), 2),
+                "build_unet(3, 5, (8, 16), 0)": (3, 5, (8, 16), (2,), 0)}
+    for name, net in nets.items():
+        got = tuple(getattr(net, a, None) for a in ("in_channels", "out_channels", "channels",
+                                                    "strides", "num_res_units"))
+        got = tuple(tuple(v) if isinstance(v, (list, tuple)) else v for v in got)
+        if got != expected[name]:
+            fail(f"{name} built a UNet with (in_channels, out_channels, channels, strides, "
+                 f"num_res_units) = {got}; expected {expected[name]}. The defaults are those "
+                 f"the script's checkpoints are saved with (a checkpoint loads only into the "
+                 f"same network), and each level after the first halves the image: one "
+                 f"stride of 2 per level, as the docstring promises.")
+    if caught:
+        fail(f"build_unet warned: {str(caught[0].message)[:200]!r}. Expected MONAI to accept "
+             f"its arguments as they are: one stride for each level after the first.")
 
 
 def test_loss_takes_class_index_labels(device):
@@ -333,6 +450,43 @@ def test_predict_handles_any_image_size(device, h, w):
     if tuple(out.shape) != (2, 3, h, w):
         fail(f"predict() on images {tuple(x.shape)} returned {tuple(out.shape)}; expected "
              f"(2, 3, {h}, {w}): logits for every pixel of the input, whatever its size.")
+
+
+class WindowSizes(torch.nn.Module):
+    """A stand-in network that records the (H, W) of every window it is given and answers
+    3 class scores per pixel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[tuple[int, int]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(tuple(x.shape[-2:]))
+        return x.repeat(1, 3, 1, 1)
+
+
+def test_predict_uses_64_pixel_windows_by_default(device):
+    """predict(model, images) without roi_size cuts the images into 64 x 64 windows."""
+    net = WindowSizes()
+    x = torch.rand(1, 1, 100, 90, device=device)
+    out = call(model.predict, net, x, what="predict(model, images (1, 1, 100, 90))")
+    if set(net.sizes) != {(64, 64)} or tuple(out.shape) != (1, 3, 100, 90):
+        fail(f"predict(model, images (1, 1, 100, 90)) showed the network windows of "
+             f"{sorted(set(net.sizes))} and returned {tuple(out.shape)}; expected only "
+             f"(64, 64) windows (the default roi_size, the size the script trains on) and "
+             f"logits (1, 3, 100, 90).")
+
+
+def test_predict_builds_no_autograd_graph(device):
+    """predict's logits carry no autograd graph, even with gradients enabled around it."""
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 3, 3, padding=1).to(device)
+    x = torch.rand(2, 1, 32, 32, device=device)
+    out = call(model.predict, net, x, 32, what="predict() on images (2, 1, 32, 32), window 32")
+    if torch.as_tensor(out).requires_grad:
+        fail("predict() returned logits that require a gradient: it recorded an autograd "
+             "graph of every window, which holds all their activations in memory. Inference "
+             "needs no gradients: run it under torch.no_grad().")
 
 
 def batchnorm_net(seed: int = 0) -> torch.nn.Module:
@@ -573,6 +727,161 @@ def test_fit_trains_in_train_mode_after_each_validation(device):
              f"behave as in inference from the second epoch on.")
 
 
+def two_conv_net(seed: int = 0) -> torch.nn.Module:
+    """(B, 1, H, W) -> (B, 3, H, W): its second convolution's weight (3, 4, 3, 3) shows the
+    memory format the model is in."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1),
+                               torch.nn.Conv2d(4, 3, 3, padding=1))
+
+
+def memory_format_of(net: torch.nn.Module) -> str:
+    weight = net[1].weight
+    if weight.is_contiguous():
+        return "contiguous"
+    return "channels_last" if weight.is_contiguous(memory_format=torch.channels_last) else "other"
+
+
+@pytest.mark.requires("test_dice_matches_a_hand_count")
+def test_evaluate_autocasts_only_when_asked(device):
+    """evaluate(..., amp_dtype=torch.bfloat16) runs the network in bfloat16; without
+    amp_dtype, in float32."""
+    images, labels = batch_of_circles(2, seed=7)
+    for amp_dtype in (None, torch.bfloat16):
+        net = two_conv_net().to(device)
+        seen = []
+        net.register_forward_hook(lambda m, i, o, seen=seen: seen.append(o.dtype))
+        call(train.evaluate, net, as_loader(images, labels, 2), 3, 16, torch.device(device),
+             amp_dtype, what=f"evaluate(..., amp_dtype={amp_dtype})")
+        wanted = amp_dtype or torch.float32
+        if set(seen) != {wanted}:
+            fail(f"evaluate(..., amp_dtype={amp_dtype}) ran the network in "
+                 f"{sorted(map(str, set(seen)))}; expected {wanted}: autocast on exactly when "
+                 f"amp_dtype is given.")
+
+
+@pytest.mark.requires("test_run_steps_takes_full_batches_in_turn")
+def test_run_steps_uses_channels_last_only_when_asked(device):
+    """run_steps leaves the model's memory format alone by default, and puts it in
+    channels-last with channels_last=True."""
+    images, labels = (t.to(device) for t in batch_of_circles(2, seed=8))
+    for kwargs, wanted in (({}, "contiguous"), ({"channels_last": True}, "channels_last")):
+        net = two_conv_net().to(device)
+        optimizer = torch.optim.SGD(net.parameters(), lr=1e-3)
+        call(train.run_steps, net, optimizer, model.build_loss(), images, labels, 1, **kwargs,
+             what=f"run_steps(..., steps=1{''.join(f', {k}={v}' for k, v in kwargs.items())})")
+        if memory_format_of(net) != wanted:
+            fail(f"After run_steps(...{', channels_last=True' if kwargs else ''}) the model's "
+                 f"weights are in {memory_format_of(net)} memory; expected {wanted}. "
+                 f"Channels-last is a GPU speed-up that the caller asks for "
+                 f"(channels_last=False by default), and then the model must be converted.")
+
+
+@pytest.mark.requires("test_run_steps_takes_full_batches_in_turn")
+def test_run_steps_compiles_only_when_asked(device, monkeypatch):
+    """run_steps trains the model itself by default, and what torch.compile made of it with
+    compile=True (torch.compile replaced here by a wrapper that counts its calls)."""
+    made = []
+
+    class Compiled(torch.nn.Module):
+        def __init__(self, net) -> None:
+            super().__init__()
+            self.net, self.calls = net, 0
+            made.append(self)
+
+        def forward(self, x):
+            self.calls += 1
+            return self.net(x)
+
+    monkeypatch.setattr(torch, "compile", lambda net, *args, **kwargs: Compiled(net))
+    images, labels = (t.to(device) for t in batch_of_circles(2, seed=9))
+    for compile_ in (False, True):
+        made.clear()
+        net = two_conv_net().to(device)
+        optimizer = torch.optim.SGD(net.parameters(), lr=1e-3)
+        kwargs = {"compile": True} if compile_ else {}
+        call(train.run_steps, net, optimizer, model.build_loss(), images, labels, 2, **kwargs,
+             what=f"run_steps(..., steps=2{', compile=True' if compile_ else ''})")
+        seen = [(m.net is net, m.calls) for m in made]
+        if seen != ([(True, 2)] if compile_ else []):
+            fail(f"run_steps(..., steps=2{', compile=True' if compile_ else ''}) compiled "
+                 f"{len(made)} time(s) (calls of the compiled model: "
+                 f"{[c for _, c in seen]}); expected "
+                 f"{'one compilation of the model, trained for both steps' if compile_ else 'none'}"
+                 f". Compiling takes seconds to minutes: only when the caller asks for it.")
+
+
+@pytest.mark.requires("test_run_steps_takes_full_batches_in_turn")
+def test_run_steps_takes_all_images_when_the_batch_is_larger(device):
+    """run_steps(images (3, ...), steps=2, batch_size=8) trains on all 3 images each step."""
+    net = batchnorm_net().to(device)
+    seen = []
+    net.register_forward_pre_hook(lambda m, i: seen.append(len(i[0])))
+    images, labels = (t.to(device) for t in batch_of_circles(3, seed=10))
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-3)
+    call(train.run_steps, net, optimizer, model.build_loss(), images, labels, 2, batch_size=8,
+         what="run_steps(..., steps=2, batch_size=8) on 3 images")
+    if seen != [3, 3]:
+        fail(f"run_steps(..., steps=2, batch_size=8) on 3 images trained on batches of "
+             f"{seen} images; expected [3, 3]: a batch larger than the data is all the data.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_fit_records_each_epoch_and_its_mean_training_loss")
+def test_fit_defaults_match_its_signature(device, capsys):
+    """fit(model, train, val, num_classes) trains as with epochs=10 and lr=1e-3, validates
+    in 64 x 64 windows, keeps the model's memory format contiguous and prints nothing."""
+    images, labels = batch_of_circles(2, seed=11)
+    loader = as_loader(images, labels, 2)
+    net, twin = two_conv_net(), two_conv_net()
+    windows = []
+    net.register_forward_pre_hook(
+        lambda m, i: None if torch.is_grad_enabled() else windows.append(tuple(i[0].shape[-2:])))
+    history = call(train.fit, net, loader, loader, 3, device=device,
+                   what="fit(model, loader, loader, 3, device=device)")
+    said = capsys.readouterr()
+    call(train.fit, twin, loader, loader, 3, epochs=10, lr=1e-3, device=device,
+         what="fit(..., epochs=10, lr=1e-3)")
+    capsys.readouterr()
+    if len(history) != 10:
+        fail(f"fit without epochs returned {len(history)} records; its signature promises 10 "
+             f"epochs by default.")
+    if not all(torch.equal(p, q) for p, q in zip(net.parameters(), twin.parameters())):
+        fail("fit without lr ended with other weights than fit(..., epochs=10, lr=1e-3) from "
+             "the same start: the default learning rate is 1e-3.")
+    if set(windows) != {(64, 64)}:
+        fail(f"fit without roi_size validated the 16 x 16 images in windows of "
+             f"{sorted(set(windows))}; expected (64, 64), the default roi_size.")
+    if memory_format_of(net) != "contiguous":
+        fail(f"fit without channels_last left the model in {memory_format_of(net)} memory; "
+             f"expected the ordinary contiguous format: channels-last is for GPUs, when asked.")
+    if said.out.strip() or said.err.strip():
+        fail(f"fit without progress printed {(said.out + said.err).strip()[:160]!r}; expected "
+             f"silence: progress is False by default, for logs, pipes and tests.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_fit_records_each_epoch_and_its_mean_training_loss")
+def test_fit_prints_one_line_per_epoch_when_asked(device, capsys):
+    """fit(..., epochs=2, progress=True) prints 'epoch N: loss L, validation Dice D' for
+    each epoch with that epoch's record, and draws no bar when stderr is not a terminal."""
+    images, labels = batch_of_circles(2, seed=12)
+    loader = as_loader(images, labels, 2)
+    history = call(train.fit, two_conv_net(), loader, loader, 3, epochs=2, lr=1e-2,
+                   device=device, roi_size=16, progress=True,
+                   what="fit(..., epochs=2, progress=True)")
+    said = capsys.readouterr()
+    lines = [line for line in said.out.splitlines() if line.startswith("epoch")]
+    wanted = [f"epoch {h['epoch']}: loss {h['loss']:.4f}, validation Dice {h['dice']:.3f}"
+              for h in history]
+    if lines != wanted:
+        fail(f"fit(..., epochs=2, progress=True) printed {lines}; from its records expected "
+             f"{wanted}: each epoch's line shows that epoch's loss and Dice.")
+    if "epoch 1/2" in said.err or "it/s" in said.err:
+        fail("fit(..., progress=True) drew a progress bar although stderr is not a terminal. "
+             "In a log file or a pipe, every update of a bar becomes another line of noise.")
+
+
 DICE_THRESHOLD = 0.6  # measured: see reference/10_unet/bugs.toml
 
 
@@ -738,6 +1047,72 @@ def test_synthetic_pairs_follow_their_arguments():
              f"and reproducible.")
 
 
+@pytest.mark.requires("test_synthetic_pairs_follow_their_arguments")
+def test_synthetic_pairs_defaults_match_the_signature():
+    """synthetic_pairs(n) gives what synthetic_pairs(n, 64, 3, noise=0.5, seed=0) gives."""
+    plain = call(data.synthetic_pairs, 2, what="synthetic_pairs(2)")
+    full = call(data.synthetic_pairs, 2, 64, 3, noise=0.5, seed=0,
+                what="synthetic_pairs(2, 64, 3, noise=0.5, seed=0)")
+    if not all(np.array_equal(a, b) for p, q in zip(plain, full) for a, b in zip(p, q)):
+        fail("synthetic_pairs(2) differs from synthetic_pairs(2, 64, 3, noise=0.5, seed=0): "
+             "the defaults are those of its signature (64 pixels, 3 classes, noise 0.5, seed "
+             "0), which the script and its help rely on.")
+
+
+@pytest.mark.requires("test_synthetic_pairs_follow_their_arguments")
+def test_synthetic_pairs_are_monai_circles_scaled_to_the_size():
+    """Each pair is MONAI's create_test_image_2d with 6 circles of radius size // 16 (at
+    least 2) to size // 6 (at least 4), drawn in turn from one RandomState(seed)."""
+    for size in (18, 24, 32, 64, 120):
+        got = call(data.synthetic_pairs, 2, size, 3, seed=7,
+                   what=f"synthetic_pairs(2, {size}, 3, seed=7)")
+        rng = np.random.RandomState(7)
+        wanted = [create_test_image_2d(size, size, num_objs=6, rad_max=max(size // 6, 4),
+                                       rad_min=max(size // 16, 2), noise_max=0.5,
+                                       num_seg_classes=2, random_state=rng) for _ in range(2)]
+        same = [np.array_equal(m, w[1]) and np.allclose(i[..., 0], w[0])
+                for (i, m), w in zip(got, wanted)]
+        if not all(same):
+            fail(f"synthetic_pairs(2, {size}, 3, seed=7) is not MONAI's create_test_image_2d("
+                 f"{size}, {size}, num_objs=6, rad_max={max(size // 6, 4)}, rad_min="
+                 f"{max(size // 16, 2)}, noise_max=0.5, num_seg_classes=2) drawn twice from "
+                 f"RandomState(7). The circles' number and radii (a sixth and a sixteenth of "
+                 f"the side) set how hard the task is; the Dice threshold was measured on them.")
+
+
+class FakeSBDataset:
+    """Stands in for torchvision's SBDataset: records how it was made, holds nothing."""
+
+    made: list = []
+
+    def __init__(self, root, image_set="train", mode="boundaries", download=False) -> None:
+        FakeSBDataset.made.append({"image_set": image_set, "mode": mode, "download": download})
+
+
+def test_sbd_downloads_only_when_asked_and_not_there_yet(monkeypatch, tmp_path):
+    """data.sbd asks torchvision to download only with download=True and no img/ folder in
+    root yet; by default, never."""
+    import torchvision.datasets
+
+    monkeypatch.setattr(torchvision.datasets, "SBDataset", FakeSBDataset)
+    (tmp_path / "have" / "img").mkdir(parents=True)
+    cases = [("have", {"download": True}, False), ("empty", {"download": True}, True),
+             ("empty", {}, False), ("have", {}, False)]
+    for folder, kwargs, wanted in cases:
+        FakeSBDataset.made.clear()
+        what = f"data.sbd(root {'with' if folder == 'have' else 'without'} img/, 'val'" + \
+            "".join(f", {k}={v}" for k, v in kwargs.items()) + ")"
+        call(data.sbd, tmp_path / folder, "val", **kwargs, what=what)
+        made = FakeSBDataset.made
+        if [(m["image_set"], m["mode"], m["download"]) for m in made] != \
+                [("val", "segmentation", wanted)]:
+            fail(f"{what} made torchvision's SBDataset with (image_set, mode, download) "
+                 f"{[(m['image_set'], m['mode'], m['download']) for m in made]}; expected "
+                 f"[('val', 'segmentation', {wanted})]. The 1.4 GB archive is fetched only "
+                 f"when the user asks and it is not there yet (asking again would re-extract "
+                 f"it), and masks are for segmentation.")
+
+
 @pytest.mark.parametrize("argv", [["--epochs", "0"], ["--batch-size", "0"],
                                   ["--device", "gpu"], ["--size", "30"], ["--dataset", "sbd"]],
                          ids=["epochs0", "batch0", "bad-device", "size30", "no-sbd"])
@@ -745,7 +1120,8 @@ def test_script_rejects_bad_input_in_one_line(argv, tmp_path, monkeypatch, capsy
     """Nonsense arguments and missing data end the script with one clear line and a non-zero
     exit, before anything trains; SBD is never downloaded unless asked."""
     monkeypatch.chdir(tmp_path)
-    argv = [*argv, "--data-dir", str(tmp_path / "sbd"), "--checkpoint", str(tmp_path / "x.pt")]
+    argv = shell_argv([*argv, "--data-dir", str(tmp_path / "sbd"),
+                       "--checkpoint", str(tmp_path / "x.pt")])
     with pytest.raises(SystemExit) as stop:
         call(train.main, argv, what=f"train.main({argv})")
     said = capsys.readouterr().err.strip().splitlines() or [str(stop.value.code)]
@@ -756,6 +1132,243 @@ def test_script_rejects_bad_input_in_one_line(argv, tmp_path, monkeypatch, capsy
         fail(f"`python train.py {' '.join(argv)}` wrote "
              f"{sorted(p.name for p in tmp_path.iterdir())}: a run that stops on bad input "
              f"must not download or save anything.")
+
+
+def recording_script(monkeypatch, gpu: bool = False) -> dict:
+    """Stand-ins for train.py's slow parts, recording what main() hands them: fit (which
+    returns one made-up record instead of training), synthetic_pairs and sbd (which give
+    small blank pairs instead of drawing or reading images). ``gpu``: pretend a CUDA device
+    with bfloat16 is there (or, False, that none is)."""
+    module = train.resolve()
+    calls: dict = {"fit": [], "synthetic_pairs": [], "sbd": []}
+
+    def recording(name, returns):
+        signature = inspect.signature(getattr(module, name))
+
+        def record(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            calls[name].append(dict(bound.arguments))
+            return returns(bound.arguments)
+        monkeypatch.setattr(module, name, record)
+
+    def blank(n, side, channels):
+        image = np.linspace(0, 1, side * side * channels, dtype=np.float32)
+        pair = (image.reshape(side, side, channels), np.zeros((side, side), np.int64))
+        return [pair] * n
+
+    recording("fit", lambda a: [{"epoch": 1, "loss": 1.0, "dice": 0.5}])
+    recording("synthetic_pairs", lambda a: blank(a["n"], a["size"], 1))
+    recording("sbd", lambda a: blank(12, 40, 3))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
+    return calls
+
+
+def run_main(argv: list[str], calls: dict) -> dict:
+    """train.main(argv) with recording_script's stand-ins; what it handed to fit."""
+    try:
+        call(train.main, argv, what=f"`python train.py {' '.join(argv)}`")
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            fail(f"`python train.py {' '.join(argv)}` stopped with exit status {exc.code!r}; "
+                 f"expected these options to be accepted.")
+    if len(calls["fit"]) != 1:
+        fail(f"`python train.py {' '.join(argv)}` called fit {len(calls['fit'])} times; "
+             f"expected once.")
+    return calls["fit"].pop()
+
+
+def fit_options(got: dict) -> dict:
+    """What the script chose, as seen in fit's arguments."""
+    train_loader, val_loader = got["train_loader"], got["val_loader"]
+    first = train_loader.dataset[0]
+    return {
+        "epochs": got["epochs"], "lr": got["lr"], "device": str(got["device"]),
+        "roi_size": got["roi_size"], "num_classes": got["num_classes"],
+        "amp_dtype": got["amp_dtype"], "channels_last": got["channels_last"],
+        "progress": got["progress"],
+        "in_channels": getattr(got["model"], "in_channels", None),
+        "batch_size": (train_loader.batch_size, val_loader.batch_size),
+        "images": (len(train_loader.dataset), len(val_loader.dataset)),
+        "workers": (train_loader.num_workers, train_loader.persistent_workers),
+        "pin_memory": train_loader.pin_memory,
+        "shuffle": (type(train_loader.sampler).__name__, type(val_loader.sampler).__name__),
+        "sample": (tuple(first["image"].shape), tuple(first["label"].shape)),
+    }
+
+
+def compare_options(argv: list[str], got: dict, wanted: dict, why: str) -> None:
+    wrong = {k: (got[k], v) for k, v in wanted.items() if got[k] != v}
+    if wrong:
+        shown = "; ".join(f"{k} {g!r} (expected {w!r})" for k, (g, w) in wrong.items())
+        fail(f"`python train.py {' '.join(argv)}` handed fit: {shown}. {why}")
+
+
+SCRIPT_DEFAULTS = {
+    "epochs": 20, "lr": 1e-3, "device": "cpu", "roi_size": 64, "num_classes": 3,
+    "amp_dtype": None, "channels_last": False, "progress": True, "in_channels": 1,
+    "batch_size": (16, 16), "images": (512, 64), "workers": (4, True), "pin_memory": False,
+    "shuffle": ("RandomSampler", "SequentialSampler"), "sample": ((1, 64, 64), (1, 64, 64)),
+}
+
+
+@pytest.mark.trains
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+@pytest.mark.requires("test_preprocess_gives_channel_first_image_and_mask")
+def test_script_hands_its_defaults_to_fit(monkeypatch, tmp_path):
+    """`python train.py` (no GPU) trains with its documented defaults: 20 epochs, lr 1e-3,
+    batches of 16, 4 workers, on 512 synthetic 64 x 64 images, validating on 64 others
+    (another seed) in order, on the CPU in float32 with a progress line per epoch; it saves
+    the weights, making the folders they go in."""
+    calls = recording_script(monkeypatch, gpu=False)
+    checkpoint = tmp_path / "new" / "deeper" / "unet.pt"
+    argv = ["--checkpoint", str(checkpoint)]
+    got = fit_options(run_main(argv, calls))
+    compare_options(argv, got, SCRIPT_DEFAULTS,
+                    "Expected the defaults its --help shows; the training loader reshuffles "
+                    "every epoch and the validation loader keeps its order; without a GPU, "
+                    "float32 in ordinary memory.")
+    seeds = [c["seed"] for c in calls["synthetic_pairs"]]
+    if len(seeds) != 2 or seeds[0] == seeds[1]:
+        fail(f"train.py drew its synthetic training and validation images with the seeds "
+             f"{seeds}; expected two different seeds, so that the validation images are not "
+             f"the training images.")
+    if not checkpoint.is_file():
+        fail(f"train.py --checkpoint {checkpoint} saved nothing there; expected it to make the "
+             f"missing folders and save the weights.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_script_hands_its_defaults_to_fit")
+def test_script_hands_its_options_to_fit(monkeypatch, tmp_path):
+    """`python train.py --size 24 --epochs 1 --batch-size 3 --lr 0.5 --workers 1 --device
+    auto` hands each option to fit; a second run saves over the first checkpoint."""
+    calls = recording_script(monkeypatch, gpu=False)
+    checkpoint = tmp_path / "runs" / "unet.pt"
+    argv = shell_argv(["--size", "24", "--epochs", "1", "--batch-size", "3", "--lr", "0.5",
+                       "--workers", "1", "--device", "auto", "--checkpoint", str(checkpoint)])
+    for _ in range(2):
+        got = fit_options(run_main(argv, calls))
+    compare_options(argv, got, {
+        "epochs": 1, "lr": 0.5, "device": "cpu", "roi_size": 24, "batch_size": (3, 3),
+        "workers": (1, True), "sample": ((1, 24, 24), (1, 24, 24))},
+        "Each option must reach fit (--size 24 is a multiple of 8, the least epoch count is "
+        "1, and the one worker process is kept between epochs).")
+    argv = shell_argv(["--workers", "0", "--checkpoint", str(checkpoint)])
+    got = fit_options(run_main(argv, calls))
+    compare_options(argv, got, {"workers": (0, False)},
+                    "--workers 0 loads in the main process, with no worker to keep.")
+
+
+@pytest.mark.trains
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+@pytest.mark.requires("test_script_hands_its_defaults_to_fit")
+def test_script_uses_the_gpu_when_there_is_one_unless_told_otherwise(monkeypatch, tmp_path):
+    """With a CUDA device that has bfloat16 (pretended here), `python train.py` trains on it
+    in bfloat16 autocast with channels-last memory, pinned loader memory and cuDNN's
+    benchmark; `--device cpu` still means the CPU, in float32."""
+    calls = recording_script(monkeypatch, gpu=True)
+    for argv, wanted in (
+            ([], {"device": "cuda", "amp_dtype": torch.bfloat16, "channels_last": True,
+                  "pin_memory": True}),
+            (shell_argv(["--device", "cpu"]), {"device": "cpu", "amp_dtype": None,
+                                               "channels_last": False, "pin_memory": False})):
+        torch.backends.cudnn.benchmark = not wanted["channels_last"]
+        argv = [*argv, "--checkpoint", str(tmp_path / "unet.pt")]
+        got = {**fit_options(run_main(argv, calls)),
+               "cudnn.benchmark": torch.backends.cudnn.benchmark}
+        compare_options(argv, got, {**wanted, "cudnn.benchmark": wanted["channels_last"]},
+                        "(A CUDA device with bfloat16 was pretended to be there.) 'auto' "
+                        "picks CUDA when it is there, and on CUDA the GPU speed-ups are on; "
+                        "on the CPU, none of them.")
+
+
+@pytest.mark.trains
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+@pytest.mark.requires("test_script_hands_its_defaults_to_fit")
+def test_script_trains_on_sbd_in_rgb_at_256_pixels(monkeypatch, tmp_path):
+    """`python train.py --dataset sbd --download` reads SBD's train and val parts (allowed to
+    download), and trains a U-Net from 3 channels to SBD's 21 classes on 256 x 256 images."""
+    calls = recording_script(monkeypatch, gpu=False)
+    argv = shell_argv(["--dataset", "sbd", "--download", "--data-dir", str(tmp_path / "sbd"),
+                       "--checkpoint", str(tmp_path / "unet.pt")])
+    got = fit_options(run_main(argv, calls))
+    parts = [(c["image_set"], c["download"]) for c in calls["sbd"]]
+    if sorted(parts) != [("train", True), ("val", True)] or calls["synthetic_pairs"]:
+        fail(f"`python train.py {' '.join(argv)}` read SBD's (part, download) {parts} and drew "
+             f"{len(calls['synthetic_pairs'])} synthetic sets; expected SBD's train and val "
+             f"parts, with download allowed, and no synthetic images.")
+    compare_options(argv, got, {"num_classes": 21, "in_channels": 3, "roi_size": 256,
+                                "sample": ((3, 256, 256), (1, 256, 256))},
+                    "SBD's photos are RGB, its masks hold the background and PASCAL VOC's 20 "
+                    "object classes, and its default size is 256.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_script_hands_its_defaults_to_fit")
+def test_dry_run_is_one_epoch_of_two_small_batches(monkeypatch, tmp_path):
+    """`python train.py --dry-run` trains 1 epoch on 8 images in batches of 4, validates on
+    4, and loads them in the main process."""
+    calls = recording_script(monkeypatch, gpu=False)
+    argv = ["--dry-run", "--checkpoint", str(tmp_path / "unet.pt")]
+    got = fit_options(run_main(argv, calls))
+    compare_options(argv, got, {"epochs": 1, "batch_size": (4, 4), "images": (8, 4),
+                                "workers": (0, False)},
+                    "A dry run is a smoke test: two batches of training, one of validation.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_script_hands_its_defaults_to_fit")
+def test_script_rejects_a_bad_lr_or_workers_or_a_missing_gpu(monkeypatch, tmp_path):
+    """--lr 0 or below, --workers below 0, --device cuda on a machine without CUDA: one line
+    and a non-zero exit, before anything trains."""
+    calls = recording_script(monkeypatch, gpu=False)
+    for argv in (["--lr", "0"], ["--lr", "-0.5"], ["--workers", "-1"], ["--device", "cuda"]):
+        argv = shell_argv([*argv, "--checkpoint", str(tmp_path / "unet.pt")])
+        ended = how_script_ended(train.main, argv)
+        if ended or calls["fit"]:
+            fail(f"`python train.py {' '.join(argv)}` (no CUDA device) "
+                 f"{ended or 'went on to train'}; expected it to stop with one line that says "
+                 f"what is wrong: the learning rate must be positive, the number of loader "
+                 f"processes at least 0, and --device cuda needs a CUDA device.")
+
+
+@pytest.mark.trains
+def test_script_help_says_what_it_does(capsys):
+    """`python train.py --help` starts its description with the docstring's first line."""
+    first = (train.resolve().__doc__ or "").strip().splitlines()[0]
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    out = capsys.readouterr().out
+    if first not in " ".join(out.split()):  # argparse wraps the description
+        fail(f"`python train.py --help` printed {out[:300]!r}; expected it to describe the "
+             f"script with its docstring's first line, {first!r}.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_script_help_says_what_it_does")
+def test_script_runs_when_started_as_a_file(monkeypatch, capsys):
+    """`python train.py --help` runs main(): the guard at the end of the file lets it."""
+    import runpy
+
+    path = Path(train.resolve().__file__)
+    monkeypatch.syspath_prepend(str(path.parent))  # as `python train.py` puts it first
+    monkeypatch.setattr(sys, "argv", shell_argv([str(path), "--help"]))
+    siblings = {"data", "model", "transforms"}  # train.py imports them by their bare names
+    saved = {name: sys.modules.pop(name) for name in siblings if name in sys.modules}
+    try:
+        runpy.run_path(str(path), run_name="".join(["__", "main__"]))  # the interpreter's str
+    except SystemExit:
+        pass
+    finally:
+        for name in siblings:
+            sys.modules.pop(name, None)
+        sys.modules.update(saved)
+    if "--dry-run" not in capsys.readouterr().out:
+        fail("`python train.py --help` printed no help. Run as a file, a script's module is "
+             "named '__main__', and the block at its end decides whether main() runs.")
 
 
 @pytest.mark.requires("test_preprocess_gives_channel_first_image_and_mask")
