@@ -286,6 +286,33 @@ def shell_argv(argv: list[str]) -> list[str]:
     return [a.encode().decode() for a in argv]
 
 
+def run_as_main(path, argv: list[str]) -> str:
+    """``python PATH ARGV`` in this process, as the interpreter does it: the module is named
+    ``'__main__'`` (a str made at run time, as the interpreter's is: never the same object as
+    a literal), the script's folder comes first on ``sys.path``, and the modules beside it are
+    imported afresh and forgotten afterwards. Returns how it ended: ``"returned"`` or
+    ``"exited with status N"``. Output goes where it would: use capsys."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    path = Path(path)
+    siblings = {p.stem for p in path.parent.glob("*.py")}
+    saved = {name: sys.modules.pop(name) for name in siblings if name in sys.modules}
+    argv_before, path_before = sys.argv, list(sys.path)
+    sys.argv, sys.path[:0] = shell_argv([str(path), *argv]), [str(path.parent)]
+    try:
+        runpy.run_path(str(path), run_name="".join(["__", "main__"]))
+    except SystemExit as exc:
+        return f"exited with status {exc.code!r}"
+    finally:
+        sys.argv, sys.path[:] = argv_before, path_before
+        for name in siblings:
+            sys.modules.pop(name, None)
+        sys.modules.update(saved)
+    return "returned"
+
+
 _shared: dict = {}
 
 

@@ -9,8 +9,6 @@ import contextlib
 import io
 import math
 import re
-import runpy
-import sys
 import tempfile
 import weakref
 from pathlib import Path
@@ -28,7 +26,7 @@ from torch.nn import functional as F
 from torch.utils.tensorboard import SummaryWriter
 
 from torchkata import data, under_test
-from torchkata.checks import call, fail
+from torchkata.checks import call, fail, run_as_main
 
 train = under_test("train")
 logs = under_test("logs")
@@ -697,18 +695,14 @@ def test_script_accepts_cuda_only_where_there_is_one(monkeypatch, available):
              f"'cuda', the device asked for.")
 
 
-def test_script_runs_main_when_started_as_a_file(monkeypatch):
+def test_script_runs_main_when_started_as_a_file(capsys):
     """`python train.py --epochs 0` reaches main(): its argument check ends the run (code 2)."""
-    path = train.resolve().__file__
-    monkeypatch.syspath_prepend(str(Path(path).parent))
-    monkeypatch.setattr(sys, "argv", [path, "--epochs", "0"])
-    try:
-        runpy.run_path(path, run_name="__main__")
-    except SystemExit as exc:
-        if exc.code == 2:
-            return
-        fail(f"python train.py --epochs 0 exited with code {exc.code!r}; expected 2, the "
-             f"usage error of main()'s argument check.")
-    fail("python train.py --epochs 0 ended without an error: main() never ran. Run as a "
-         "file, a script's module is named '__main__', and the block at its end decides "
-         "whether main() runs.")
+    ended = run_as_main(train.resolve().__file__, ["--epochs", "0"])
+    capsys.readouterr()
+    if ended == "returned":
+        fail("python train.py --epochs 0 ended without an error: main() never ran. Run as a "
+             "file, a script's module is named '__main__', and the block at its end decides "
+             "whether main() runs.")
+    if ended != "exited with status 2":
+        fail(f"python train.py --epochs 0 {ended}; expected status 2, the usage error of "
+             f"main()'s argument check.")

@@ -25,7 +25,6 @@ import io
 import os
 import pickle
 import re
-import runpy
 import signal
 import socket
 import sys
@@ -46,7 +45,7 @@ from torch.optim.optimizer import (
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
 from torchkata import under_test
-from torchkata.checks import call, fail
+from torchkata.checks import call, fail, run_as_main
 
 ddp = under_test("ddp")
 train = under_test("train")
@@ -341,21 +340,17 @@ def test_script_rejects_bad_arguments(capsys, monkeypatch):
             fail(f"{command} exited without saying why on stderr.")
 
 
-def test_script_runs_main_when_started_as_a_file(monkeypatch):
+def test_script_runs_main_when_started_as_a_file(capsys):
     """`python train.py --nproc 0` reaches main(): its argument check ends the run (code 2)."""
-    path = train.resolve().__file__
-    monkeypatch.syspath_prepend(str(Path(path).parent))
-    monkeypatch.setattr(sys, "argv", [path, "--nproc", "0"])
-    try:
-        runpy.run_path(path, run_name="__main__")
-    except SystemExit as exc:
-        if exc.code == 2:
-            return
-        fail(f"python train.py --nproc 0 exited with code {exc.code!r}; expected 2, the "
-             f"usage error of main()'s argument check.")
-    fail("python train.py --nproc 0 ended without an error: main() never ran. Run as a "
-         "file, a script's module is named '__main__', and the block at its end decides "
-         "whether main() runs.")
+    ended = run_as_main(train.resolve().__file__, ["--nproc", "0"])
+    capsys.readouterr()
+    if ended == "returned":
+        fail("python train.py --nproc 0 ended without an error: main() never ran. Run as a "
+             "file, a script's module is named '__main__', and the block at its end decides "
+             "whether main() runs.")
+    if ended != "exited with status 2":
+        fail(f"python train.py --nproc 0 {ended}; expected status 2, the usage error of "
+             f"main()'s argument check.")
 
 # --- one real run of two ranks ----------------------------------------------------------
 
