@@ -7,6 +7,7 @@ weights as yours.
 """
 
 import contextlib
+import inspect
 import io
 import re
 
@@ -29,6 +30,7 @@ from torchkata.checks import (
     fail,
     how_script_ended,
     shared,
+    shell_argv,
 )
 
 attention = under_test("attention")
@@ -485,6 +487,47 @@ def test_every_parameter_gets_a_gradient(device):
     assert_grads_flow(model, loss, "the TinyTransformer")
 
 
+def test_masks_are_off_unless_asked_for(device):
+    """Without causal=..., the layer, the block and the model let every position see every other."""
+    layer, block, model = shared(three_models, 8, 2, 5, device)
+    x = randn(2, 4, 8, seed=5, device=device)
+    tokens = torch.randint(5, (2, 4), generator=generator(5)).to(device)
+    for name, module, inputs in (("MultiHeadSelfAttention", layer, x), ("TransformerBlock",
+                                 block, x), ("TinyTransformer", model, tokens)):
+        plain = call(module, inputs, what=f"{name}(x)")
+        both_ways = call(module, inputs, causal=False, what=f"{name}(x, causal=False)")
+        if tuple(plain.shape) != tuple(both_ways.shape) or not torch.allclose(plain, both_ways):
+            causal = call(module, inputs, causal=True, what=f"{name}(x, causal=True)")
+            seen = (" It equals the causal output: the default is causal=True." if
+                    tuple(plain.shape) == tuple(causal.shape) and torch.allclose(plain, causal)
+                    else "")
+            fail(f"{name}(x), called without causal=, differs from {name}(x, causal=False); "
+                 f"expected causal to default to False, as in nn.MultiheadAttention.{seen} An "
+                 f"encoder (a classifier, a sentence embedding) lets every position see every "
+                 f"other; a decoder asks for the mask explicitly.")
+
+
+@pytest.mark.requires("test_block_matches_its_definition")
+def test_model_adds_position_embeddings_to_token_embeddings(device):
+    """TinyTransformer: head(norm(blocks(tokens(t) + positions(0..L-1)))), masks passed along."""
+    model = shared(three_models, 8, 2, 5, device)[2]
+    tokens = torch.randint(5, (3, 6), generator=generator(6)).to(device)
+    mask = padding([6, 4, 1], 6, device)
+    what = "TinyTransformer(tokens, key_padding_mask, causal=True) on 3 padded sequences of 6"
+    out = call(model, tokens, mask, True, what=what)
+    with torch.no_grad():
+        x = model.tokens(tokens) + model.positions(torch.arange(6, device=device))
+        for block in model.blocks:
+            x = block(x, mask, True)
+        expected = model.head(model.norm(x))
+    assert_close_to_oracle(out, expected, what,
+                           "The first block reads, at each position, the sum of the token's "
+                           "embedding and the position's embedding (`tokens`, `positions`); "
+                           "the blocks run in order with the same masks; a final LayerNorm "
+                           "(`norm`) and the linear `head` give the logits. Any other "
+                           "combination of the two embeddings is a different model.")
+
+
 # --- the reversal task ---------------------------------------------------------------------
 
 
@@ -529,6 +572,46 @@ def test_generate_feeds_back_its_own_predictions(device):
              "model was in (training may go on after a sample).")
 
 
+class CountUpRecording(CountUp):
+    """CountUp that notes, at every call, the causal flag it got and whether autograd records."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple] = []
+
+    def forward(self, tokens: torch.Tensor, key_padding_mask=None, causal=False) -> torch.Tensor:
+        self.calls.append((causal, torch.is_grad_enabled()))
+        return super().forward(tokens, key_padding_mask, causal)
+
+
+@pytest.mark.requires("test_generate_feeds_back_its_own_predictions")
+def test_generate_asks_the_model_for_causal_predictions():
+    """generate runs the model with causal=True at every step, as train_reversal trained it."""
+    model = CountUpRecording()
+    call(train.generate, model, torch.tensor([[3]]), 3, what="generate(model, prompt, 3)")
+    flags = [causal for causal, _ in model.calls]
+    if not flags or not all(flag is True for flag in flags):
+        fail(f"generate(model, prompt, 3) called the model with causal = {flags}; expected "
+             f"causal=True at every step. The model was trained with the causal mask: without "
+             f"it, each position sees the positions after it, a context the model never met "
+             f"in training, and from the second block on that changes the prediction at the "
+             f"last position too.")
+
+
+@pytest.mark.requires("test_generate_feeds_back_its_own_predictions")
+def test_generate_builds_no_autograd_graph():
+    """generate runs the model with autograd off: no graph is recorded for a backward pass."""
+    model = CountUpRecording()
+    call(train.generate, model, torch.tensor([[3]]), 3, what="generate(model, prompt, 3)")
+    recording = [grad for _, grad in model.calls]
+    if any(recording):
+        fail(f"generate(model, prompt, 3) ran the model with autograd recording at "
+             f"{sum(recording)} of its {len(recording)} steps (torch.is_grad_enabled() was True "
+             f"inside forward); expected it off. Generation never calls backward: a recorded "
+             f"graph keeps every intermediate activation of the step in memory and slows it "
+             f"down, for nothing.")
+
+
 class CountUpWithWeights(CountUp):
     """CountUp with a parameter, so that code can ask it for its device."""
 
@@ -540,14 +623,16 @@ class CountUpWithWeights(CountUp):
 @pytest.mark.requires("test_generate_feeds_back_its_own_predictions")
 def test_reversal_accuracy_scores_the_written_second_half():
     """reversal_accuracy: the share of the tokens written after the separator that are right."""
-    x = torch.tensor([[2, 1, 0], [3, 1, 0]])  # reversed: [0, 1, 2] and [0, 1, 3]
+    x = torch.tensor([[2, 1, 0], [3, 1, 0], [0, 1, 0]])  # reversed: [0, 1, 2], [0, 1, 3], [0, 1, 0]
     # vocab 6: the separator is token 6, and CountUp (mod 7) writes 0, 1, 2 after it
     got = call(train.reversal_accuracy, CountUpWithWeights(), x, 6,
                what="reversal_accuracy(model, x, vocab=6)")
-    if not isinstance(got, float) or abs(got - 5 / 6) > 1e-6:
-        fail(f"A model that writes [0, 1, 2] after the separator, asked to reverse [2, 1, 0] "
-             f"and [3, 1, 0], got a reversal accuracy of {got!r}; expected 5/6 = 0.8333: of the "
-             f"6 tokens written after the separator, 5 equal the reversed inputs.")
+    if not isinstance(got, float) or abs(got - 7 / 9) > 1e-6:
+        fail(f"A model that writes [0, 1, 2] after the separator, asked to reverse [2, 1, 0], "
+             f"[3, 1, 0] and [0, 1, 0], got a reversal accuracy of {got!r}; expected 7/9 = "
+             f"0.7778: of the 9 tokens written after the separator, 7 equal the reversed "
+             f"inputs (a token is right only when it is the same token, neither above nor "
+             f"below it).")
 
 
 def test_train_reversal_reports_the_loss_it_optimises():
@@ -575,6 +660,24 @@ def test_train_reversal_reports_the_loss_it_optimises():
              f"ignoring the IGNORE targets, with Adam at lr 0.01 (the defaults).")
     if not model.training:
         fail("train_reversal left the model in eval mode; expected train mode.")
+
+
+@pytest.mark.requires("test_train_reversal_reports_the_loss_it_optimises")
+def test_train_reversal_draws_a_progress_bar_only_when_asked(capsys):
+    """train_reversal writes nothing to stderr by default; with progress=True, a tqdm bar."""
+    torch.manual_seed(0)
+    model = transformer.TinyTransformer(5, 6, dim=4, heads=1, layers=1)
+    for kwargs, wanted in (({}, False), ({"progress": True}, True)):
+        shown = "".join(f", {k}={v}" for k, v in kwargs.items())
+        what = f"train_reversal(model, steps=1, length=3, vocab=4, batch_size=2{shown})"
+        capsys.readouterr()
+        call(train.train_reversal, model, 1, 3, 4, 2, **kwargs, what=what)
+        err = capsys.readouterr().err
+        if bool(err.strip()) != wanted:
+            fail(f"{what} wrote {err.strip()[:200]!r} to stderr; expected "
+                 f"{'a progress bar' if wanted else 'nothing'}. The bar is for a person at a "
+                 f"terminal (the script asks for it only then); in a log file or a test, every "
+                 f"update of a bar is another line of noise.")
 
 
 @pytest.mark.trains
@@ -618,7 +721,7 @@ def test_tiny_transformer_learns_to_reverse_sequences(device):
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
     """`python train.py --dry-run --device cpu --out F`: what it printed and wrote."""
-    out = tmp_path_factory.mktemp("dry") / "sub" / "reverse.pt"
+    out = tmp_path_factory.mktemp("dry") / "runs" / "today" / "reverse.pt"  # 2 new folders
     argv = ["--dry-run", "--device", "cpu", "--out", str(out)]
     try:
         with contextlib.redirect_stdout(io.StringIO()) as printed:
@@ -639,7 +742,7 @@ def test_train_script_writes_a_loadable_checkpoint(dry_run):
     """python train.py --dry-run --out F writes a checkpoint that torch.load reads safely."""
     out, printed = dry(dry_run)["out"], dry_run["printed"]
     if not out.is_file() or str(out) not in printed:
-        fail(f"train.py --out {out} should write the checkpoint there (creating the folder) "
+        fail(f"train.py --out {out} should write the checkpoint there (creating the folders) "
              f"and print its path; it printed:\n{printed}")
     saved = torch.load(out, weights_only=True)
     model = transformer.TinyTransformer(**saved["config"])
@@ -670,6 +773,17 @@ def test_train_script_defaults_and_report(dry_run):
 
 
 @pytest.mark.trains
+@pytest.mark.requires("test_train_script_writes_a_loadable_checkpoint")
+def test_dry_run_says_its_accuracy_means_nothing(dry_run):
+    """python train.py --dry-run says that its accuracy means nothing (5 steps learn nothing)."""
+    printed = dry(dry_run)["printed"]
+    if "means nothing" not in printed:
+        fail(f"python train.py --dry-run printed:\n{printed.strip()}\nExpected the report to say "
+             f"that this accuracy means nothing. A dry run checks the plumbing in 5 steps; its "
+             f"accuracy must not be mistaken for a result.")
+
+
+@pytest.mark.trains
 def test_train_script_accepts_the_smallest_sizes(tmp_path):
     """--length 1 --vocab 2 --dim 1 --heads 1 --layers 1 --steps 1 --batch-size 1 is valid."""
     argv = ["--dry-run", "--length", "1", "--vocab", "2", "--dim", "1", "--heads", "1",
@@ -683,7 +797,10 @@ def test_train_script_accepts_the_smallest_sizes(tmp_path):
 
 
 @pytest.mark.parametrize("argv", [["--lr", "0"], ["--lr", "-1"], ["--dim", "30", "--heads", "4"],
-                                  ["--length", "0"], ["--vocab", "1"], ["--heads", "0"]])
+                                  ["--length", "0"], ["--vocab", "1"], ["--heads", "0"],
+                                  ["--dry-run", "--dim", "0", "--heads", "1"],
+                                  ["--dry-run", "--layers", "0"], ["--dry-run", "--steps", "0"],
+                                  ["--dry-run", "--batch-size", "0"]])
 def test_train_script_rejects_bad_arguments(argv):
     """Impossible arguments stop the script with a one-line usage error, before it trains."""
     ended = how_script_ended(train.main, argv)
@@ -695,7 +812,215 @@ def test_train_script_rejects_bad_arguments(argv):
 def test_train_script_accepts_cuda_only_where_there_is_one(monkeypatch):
     """--device cuda on a machine without CUDA: a usage error, not a crash deep in training."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    ended = how_script_ended(train.main, ["--device", "cuda"])
+    recording_training(monkeypatch, stop=True)  # should it get that far
+    ended = how_script_ended(train.main, shell_argv(["--device", "cuda"]))
     if ended:
         fail(f"python train.py --device cuda, without a CUDA device, {ended}; expected a "
              f"one-line usage error and a non-zero exit status.")
+
+
+# --- the script's plumbing: train_reversal replaced by a recorder ---------------------------
+
+LOSSES = [4.0, 3.0, 2.0, 1.0, 0.125]  # what the recording train_reversal reports
+
+
+class Stopped(Exception):
+    """Raised by the recording train_reversal (stop=True) to end main() once it has seen the
+    arguments: the device it was given may be a GPU this machine only pretends to have."""
+
+    def __init__(self) -> None:
+        super().__init__("train.py went on to train")
+
+
+def recording_training(monkeypatch, stop: bool = False) -> list[dict]:
+    """Replace train.py's train_reversal by one that records its arguments (by name, defaults
+    filled in) and, instead of training, moves the model to the device and returns LOSSES;
+    with ``stop`` it raises Stopped instead."""
+    module = train.resolve()
+    train_reversal = module.train_reversal
+    calls: list[dict] = []
+
+    def recording(*args, **kwargs):
+        bound = inspect.signature(train_reversal).bind(*args, **kwargs)
+        bound.apply_defaults()
+        calls.append(dict(bound.arguments))
+        if stop:
+            raise Stopped
+        bound.arguments["model"].to(bound.arguments["device"])
+        return list(LOSSES)
+
+    monkeypatch.setattr(module, "train_reversal", recording)
+    return calls
+
+
+def recording(monkeypatch, name: str) -> list[tuple]:
+    """Wrap train.py's function ``name``: each call's (arguments, result) is recorded."""
+    module = train.resolve()
+    function = getattr(module, name)
+    calls: list[tuple] = []
+
+    def recorded(*args, **kwargs):
+        result = function(*args, **kwargs)
+        calls.append((args, kwargs, result))
+        return result
+
+    monkeypatch.setattr(module, name, recorded)
+    return calls
+
+
+def run_main(argv: list[str]) -> tuple[str, str]:
+    """train.main(argv): (what it printed, '' or how it failed to end normally)."""
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            train.main(argv)
+    except Stopped:
+        pass
+    except SystemExit as exc:
+        return printed.getvalue(), f"exited with status {exc.code!r}"
+    except Exception as exc:  # noqa: BLE001 - reported by the test
+        return printed.getvalue(), f"raised {type(exc).__name__}: {str(exc)[:200]}"
+    return printed.getvalue(), ""
+
+
+def sizes_of(model: nn.Module) -> tuple:
+    """(vocab, max_len, dim, heads, layers) of a TinyTransformer."""
+    return (model.tokens.num_embeddings, model.positions.num_embeddings,
+            model.tokens.embedding_dim, model.blocks[0].attn.heads, len(model.blocks))
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_train_script_writes_a_loadable_checkpoint")
+def test_train_script_hands_its_options_to_train_reversal(monkeypatch, tmp_path):
+    """Without options: 300 steps, batches of 64, lr 0.01, seed 0, 6 tokens of 10 kinds; the
+    options given reach the model, the training and the checkpoint's config."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    calls = recording_training(monkeypatch)
+    names = ("steps", "length", "vocab", "batch_size", "lr", "seed", "device", "progress")
+    options = ["--length", "3", "--vocab", "3", "--dim", "8", "--heads", "2", "--layers", "2",
+               "--steps", "7", "--batch-size", "5", "--lr", "0.5", "--seed", "4"]
+    for argv, expected, model_sizes in (
+            ([], (300, 6, 10, 64, 0.01, 0, "cpu", False), (11, 12, 32, 4, 1)),
+            (options, (7, 3, 3, 5, 0.5, 4, "cpu", False), (4, 6, 8, 2, 2))):
+        out = tmp_path / f"{len(argv)}.pt"
+        argv = shell_argv([*argv, "--out", str(out)])
+        calls.clear()
+        _, ended = run_main(argv)
+        if ended or len(calls) != 1:
+            fail(f"train.py {' '.join(argv)} (its training replaced by a recorder) "
+                 f"{ended or 'ran'} after {len(calls)} calls of train_reversal; expected one "
+                 f"call and a normal end.")
+        got = tuple(str(calls[0][k]) if k == "device" else calls[0][k] for k in names)
+        if got != expected:
+            fail(f"train.py {' '.join(argv[:-2]) or '(no options)'} called train_reversal with "
+                 f"{', '.join(names)} = {got}; expected {expected}: the defaults its --help "
+                 f"shows, or the options given (the progress bar only on a terminal).")
+        sizes = sizes_of(calls[0]["model"])
+        config = torch.load(out, weights_only=True)["config"]
+        config = tuple(config.get(k) for k in ("vocab", "max_len", "dim", "heads", "layers"))
+        if sizes != model_sizes or config != model_sizes:
+            fail(f"train.py {' '.join(argv[:-2]) or '(no options)'} trained a model of (vocab, "
+                 f"max_len, dim, heads, layers) = {sizes} and saved the config {config}; "
+                 f"expected {model_sizes} for both: --vocab tokens plus the separator, 2 * "
+                 f"--length positions, and --dim, --heads, --layers as given.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_train_script_hands_its_options_to_train_reversal")
+def test_train_script_uses_a_gpu_only_for_auto_or_cuda(monkeypatch):
+    """--device auto: cuda where there is one, else cpu; --device cpu and cuda: as asked."""
+    calls = recording_training(monkeypatch, stop=True)
+    for device, gpu, expected in (("auto", False, "cpu"), ("auto", True, "cuda"),
+                                  ("cpu", True, "cpu"), ("cuda", True, "cuda")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda gpu=gpu: gpu)
+        calls.clear()
+        _, ended = run_main(shell_argv(["--device", device]))
+        got = str(calls[0]["device"]) if calls else None
+        if got != expected:
+            where = "a machine with a GPU (pretended)" if gpu else "a machine without a GPU"
+            fail(f"train.py --device {device}, on {where}, "
+                 f"{f'{ended} before training' if ended else f'trained on {got!r}'}; expected "
+                 f"it to train on {expected!r}: only 'auto' chooses, and it chooses the GPU "
+                 f"when there is one.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_train_script_hands_its_options_to_train_reversal")
+def test_train_script_reports_what_it_did(monkeypatch, tmp_path):
+    """The report: the last step's loss, the accuracy on 1000 sequences unlike the training
+    batches, no dry-run note, and an input with what the model wrote after it."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    calls = recording_training(monkeypatch)
+    scored = recording(monkeypatch, "reversal_accuracy")
+    generated = recording(monkeypatch, "generate")
+    argv = shell_argv(["--length", "3", "--vocab", "3", "--dim", "8", "--heads", "2",
+                       "--out", str(tmp_path / "reverse.pt")])
+    printed, ended = run_main(argv)
+    command = f"train.py {' '.join(argv[:-2])} (its training replaced by a recorder)"
+    if ended or not calls or not scored or not generated:
+        fail(f"{command} {ended or 'ran'}; expected it to train once, score the model and "
+             f"write a sample.")
+    if f"final loss {LOSSES[-1]:.3f}" not in printed:
+        fail(f"{command}, whose training reported the losses {LOSSES}, printed:\n"
+             f"{printed.strip()}\nExpected 'final loss {LOSSES[-1]:.3f}': the loss of the last "
+             f"step.")
+    if "means nothing" in printed:
+        fail(f"{command} printed:\n{printed.strip()}\nExpected no dry-run note: this was not "
+             f"a dry run, and its accuracy is the result.")
+    x = scored[-1][0][1]
+    first_batch = train.reversal_batch(64, 3, 3, generator(0))[0][:, :3]
+    if tuple(x.shape) != (1000, 3) or torch.equal(x[:64], first_batch):
+        same = " and its first 64 are the first training batch" if tuple(x.shape) == (
+            1000, 3) else ""
+        fail(f"{command} scored the model on {len(x)} sequences{same}; expected the 1000 "
+             f"new sequences its report speaks of, drawn apart from the training batches: a "
+             f"sequence the model trained on says nothing about whether it learned to reverse.")
+    args, _, result = generated[-1]  # generate(model, prompt, steps) writing the sample
+    prompt = args[1]
+    found = re.search(r"input (\[[\d, ]*\]) -> written (\[[\d, ]*\])", printed)
+    expected = (str(prompt[0, :-1].tolist()), str(result[0, 4:].tolist()))
+    if not found or found.groups() != expected:
+        fail(f"{command} printed:\n{printed.strip()}\nbut its last generate() call turned "
+             f"{prompt[0].tolist()} (an input and the separator) into {result[0].tolist()}; "
+             f"expected 'input {expected[0]} -> written {expected[1]}': the input given to the "
+             f"model and the 3 tokens it wrote after the separator.")
+
+
+def test_train_script_help_says_what_it_does(capsys):
+    """python train.py --help starts with the first line of the script's docstring."""
+    first_line = train.resolve().__doc__.splitlines()[0]
+    ended = how_script_ended(train.main, ["--help"])
+    shown = capsys.readouterr().out
+    if first_line not in " ".join(shown.split()):  # argparse wraps lines at the terminal width
+        fail(f"python train.py --help {ended or 'exited'} and printed:\n{shown.strip()}\n"
+             f"Expected it to say what the script does: {first_line!r}, the first line of the "
+             f"script's docstring.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_train_script_help_says_what_it_does")
+def test_train_script_runs_when_started_as_a_file(monkeypatch, capsys):
+    """`python train.py --help` runs main(): the guard at the end of the file lets it."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    path = Path(train.resolve().__file__)
+    monkeypatch.syspath_prepend(str(path.parent))  # as `python train.py` puts it first
+    monkeypatch.setattr(sys, "argv", shell_argv([str(path), "--help"]))
+    siblings = {"attention", "transformer"}  # imported by their bare names
+    saved = {name: sys.modules.pop(name) for name in siblings if name in sys.modules}
+    code = "returned without running main()"
+    try:
+        runpy.run_path(str(path), run_name="".join(["__", "main__"]))  # the interpreter's str
+    except SystemExit as exc:
+        code = f"exited with status {exc.code!r}"
+    finally:
+        for name in siblings:
+            sys.modules.pop(name, None)
+        sys.modules.update(saved)
+    out = capsys.readouterr().out
+    if "usage:" not in out or code != "exited with status 0":
+        fail(f"python train.py --help {code} and printed {out.strip()[:200]!r}; expected "
+             f"the usage and status 0. Run as a file, a script's module is named '__main__', "
+             f"and the block at its end decides whether main() runs.")
