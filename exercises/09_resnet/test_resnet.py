@@ -9,6 +9,9 @@ a few generated images written in its on-disk format.
 import copy
 import inspect
 import math
+import pickle
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +33,10 @@ from torchkata.checks import (
     assert_grads_flow,
     call,
     fail,
+    how_script_ended,
     network_attempts,
     run_script,
+    shell_argv,
 )
 
 resnet = under_test("resnet")
@@ -243,6 +248,54 @@ def test_every_parameter_gets_a_gradient(device):
     assert_grads_flow(model, nn.functional.cross_entropy(out, y.to(device)), "ResNet18")
 
 
+def test_block_keeps_the_identity_shortcut_for_any_equal_width():
+    """BasicBlock(n, n) with stride 1 adds x itself, however the number n was computed."""
+    planes = int("257")  # a width computed at run time (a new int object above 256)
+    block = call(resnet.BasicBlock, planes, int("257"), 1, what="BasicBlock(257, 257, stride=1)")
+    extra = sorted(k for k in block.state_dict() if k.startswith("downsample"))
+    if extra:
+        fail(f"BasicBlock(257, 257, stride=1) has the shortcut parameters {extra[:3]}; "
+             f"expected none. A block that keeps the channels and the size adds its input "
+             f"unchanged; a shortcut convolution there adds parameters torchvision's weights "
+             f"do not have. Compare numbers by value: two equal widths need not be the same "
+             f"object.")
+
+
+def test_resnet18_stem_and_default_classes():
+    """ResNet18(width=8) has 10 classes by default (CIFAR-10), and its stem is a 3x3
+    convolution without bias (the BatchNorm after it has one), as in torchvision."""
+    model = call(resnet.ResNet18, width=8, what="ResNet18(width=8)")
+    outside = {k: tuple(v.shape) for k, v in model.state_dict().items()
+               if not k.startswith(("layer1.", "layer2.", "layer3.", "layer4."))}
+    expected = {"conv1.weight": (8, 3, 3, 3), "bn1.weight": (8,), "bn1.bias": (8,),
+                "bn1.running_mean": (8,), "bn1.running_var": (8,),
+                "bn1.num_batches_tracked": (), "fc.weight": (10, 64), "fc.bias": (10,)}
+    if outside != expected:
+        wrong = sorted(set(outside.items()) ^ set(expected.items()))
+        fail(f"ResNet18(width=8) has the stem and head tensors {outside}; expected "
+             f"{expected} (differences: {wrong}). CIFAR-10 has 10 classes, the default; a "
+             f"convolution followed by BatchNorm needs no bias, since BatchNorm subtracts "
+             f"the mean and adds its own.")
+
+
+def test_convolutions_start_with_he_initialisation():
+    """Every convolution of ResNet18 starts from He's normal initialisation, fan-out mode:
+    weights of standard deviation sqrt(2 / (out_channels * kernel area))."""
+    model = call(resnet.ResNet18, 10, width=8, what="ResNet18(10, width=8)")
+    off = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            fan_out = m.out_channels * m.kernel_size[0] * m.kernel_size[1]
+            ratio = m.weight.std().item() / math.sqrt(2 / fan_out)
+            if not 0.75 < ratio < 1.25:
+                off.append((name, round(ratio, 2)))
+    if off:
+        fail(f"The convolutions {off[:4]} (name, std / sqrt(2 / fan_out)) do not start with "
+             f"He's initialisation in fan-out mode (expected a ratio near 1). PyTorch's own "
+             f"default gives weights about 2.5 times smaller, and through 17 convolutions "
+             f"and ReLUs the signal of a deep network fades at the start of training.")
+
+
 # --- transfer learning -----------------------------------------------------------------
 
 
@@ -319,6 +372,57 @@ def test_make_optimizer_uses_the_given_settings(device):
              f"optimizer whose groups use {wrong}. Expected the values it was given: the "
              f"script's --lr (0.1 from scratch, 0.01 for pretrained weights) only means "
              f"something if it reaches the optimizer.")
+
+
+def test_build_transfer_model_defaults_to_ten_classes_and_a_frozen_backbone(checkpoint):
+    """build_transfer_model(checkpoint=FILE) with its defaults: 10 classes (CIFAR-10) and a
+    frozen backbone, as its docstring's examples use it."""
+    model = call(transfer.build_transfer_model, checkpoint=checkpoint,
+                 what="build_transfer_model(checkpoint=FILE)")
+    trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    classes = getattr(getattr(model, "fc", None), "out_features", None)
+    if classes != 10 or trainable != ["fc.bias", "fc.weight"]:
+        fail(f"build_transfer_model(checkpoint=FILE) gave a head of {classes} classes and "
+             f"{len(trainable)} trainable tensors ({trainable[:3]}...); expected 10 classes "
+             f"and only fc.weight and fc.bias: freeze_backbone=True and num_classes=10 are "
+             f"the defaults its signature promises.")
+
+
+class _RunsCode:
+    """Pickled, it asks the loader to call print: a file that runs code when it is loaded."""
+
+    def __reduce__(self):
+        return print, ("CODE FROM THE CHECKPOINT RAN",)
+
+
+def test_checkpoint_loading_runs_no_code(tmp_path, capsys):
+    """build_transfer_model loads a checkpoint as weights only: a file that asks the loader
+    to call a function is refused, and the function never runs."""
+    path = tmp_path / "evil.pt"
+    torch.save({"fc.weight": torch.zeros(2), "extra": _RunsCode()}, path)
+    capsys.readouterr()
+    try:
+        transfer.build_transfer_model(10, checkpoint=path)
+    except Exception:  # noqa: BLE001 - refusing the file is the expected outcome
+        pass
+    if "CODE FROM THE CHECKPOINT RAN" in capsys.readouterr().out:
+        fail("Loading a checkpoint that holds a pickled function call ran that call. A .pt "
+             "file is a pickle, and unpickling can run any code it names: a downloaded "
+             "checkpoint must be loaded with torch.load(..., weights_only=True), which reads "
+             "tensors and plain containers only.")
+
+
+def test_make_optimizer_defaults():
+    """make_optimizer(model) with its defaults: SGD with lr 0.01, Nesterov momentum 0.9 and
+    weight decay 5e-4."""
+    model = nn.Linear(3, 2)
+    optimizer = call(transfer.make_optimizer, model, what="make_optimizer(model)")
+    wanted = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True}
+    got = {k: optimizer.param_groups[0].get(k) for k in wanted}
+    if not isinstance(optimizer, torch.optim.SGD) or got != wanted:
+        fail(f"make_optimizer(model) built {type(optimizer).__name__} with {got}; expected "
+             f"SGD with {wanted}: the defaults of its signature (lr 0.01 suits pretrained "
+             f"weights), with Nesterov's look-ahead momentum.")
 
 
 def test_frozen_batchnorm_stays_in_eval_mode(device, checkpoint):
@@ -485,6 +589,11 @@ def test_training_augmentation_shifts_and_mirrors():
         fail(f"In 40 training draws of one image, {len(shifts)} different shifts appeared, "
              f"mirrored: {sorted(flipped)}. Expected random shifts of up to 4 pixels and "
              f"random horizontal flips, both mirrored and unmirrored images.")
+    widest = max(max(abs(k % 81 // 9 - 4), abs(k % 81 % 9 - 4)) for k in seen)
+    if widest != 4:
+        fail(f"In 40 training draws of one image, the largest shift was {widest} pixels; "
+             f"expected shifts of up to 4 (a 32x32 crop of the image padded by 4 pixels on "
+             f"each side), the standard CIFAR augmentation.")
 
 
 @pytest.mark.parametrize("weights", [None, IMAGENET], ids=["scratch", "imagenet"])
@@ -532,6 +641,39 @@ def test_fake_data_splits_like_cifar10():
     if shared:
         fail(f"fake_data(8): {shared} test images are also training images. A test split "
              f"holds images the model never trained on, even in smoke data.")
+
+
+def test_fake_data_defaults_look_like_cifar10():
+    """fake_data() with its defaults: 64 images per split, generated at 32x32 (before any
+    crop), labels of CIFAR-10's 10 classes."""
+    train_set, test_set = call(cifar.fake_data, what="fake_data()")
+    found = {}
+    for name, split in (("training", train_set), ("test", test_set)):
+        raw = copy.copy(split)
+        raw.transform = lambda image: getattr(image, "size", None)  # the generated (W, H)
+        items = [raw[i] for i in range(len(raw))]
+        found[name] = (len(raw), {size for size, _ in items},
+                       sorted({int(label) for _, label in items}))
+    wanted = (64, {(32, 32)}, list(range(10)))
+    if any(v != wanted for v in found.values()):
+        fail(f"fake_data() gave (images, sizes generated, labels seen) {found}; expected "
+             f"{wanted} for each split: stand-in data must look like CIFAR-10 (32x32 RGB, 10 "
+             f"classes), or the dry run checks a different model than the real run trains.")
+
+
+def test_cifar10_downloads_only_when_asked(tmp_path):
+    """cifar10(root) opens both splits with download=False unless told otherwise."""
+    opened = []
+
+    def dataset_cls(root, train, transform, download):
+        opened.append((train, download))
+        return []
+
+    call(cifar.cifar10, tmp_path, dataset_cls=dataset_cls, what="cifar10(root)")
+    if sorted(opened) != [(False, False), (True, False)]:
+        fail(f"cifar10(root) opened (train split, download) {opened}; expected both splits "
+             f"with download=False: a library function fetches 170 MB from the network only "
+             f"when its caller asks for it.")
 
 
 @pytest.fixture
@@ -671,6 +813,27 @@ def test_train_step_autocasts_only_when_asked(device):
                  f"store the model in it.")
 
 
+def test_train_step_leaves_parameters_its_loss_does_not_reach(device):
+    """A parameter the loss does not reach keeps its value: train_step clears the old
+    gradients to None (not to zeros), so the optimizer skips it, weight decay included."""
+    model = nn.ModuleDict({"used": nn.Linear(4, 3), "spare": nn.Linear(4, 3)}).to(device)
+    forward = lambda x: model["used"](x)  # noqa: E731 - "spare" is a head for another task
+    for p in model["spare"].parameters():
+        p.grad = torch.ones_like(p)  # left over from a step on the other task
+    spare = [p.detach().clone() for p in model["spare"].parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=0.1)
+    x, y = torch.randn(6, 4, device=device), torch.arange(6, device=device) % 3
+    call(train.train_step, forward, optimizer, no_scaler(device), x, y, None,
+         what="train_step(model, SGD(weight_decay=0.1), scaler, x, y, None)")
+    moved = [i for i, (p, q) in enumerate(zip(model["spare"].parameters(), spare))
+             if not torch.equal(p.detach(), q)]
+    if moved:
+        fail(f"train_step moved {len(moved)} tensor(s) of a head that its loss does not "
+             f"reach (it had gradients from an earlier step). optimizer.zero_grad() must set "
+             f"the gradients to None: a zero gradient still lets weight decay and momentum "
+             f"move a weight, while SGD skips a parameter without one.")
+
+
 @pytest.mark.trains
 @pytest.mark.requires("test_train_step_reports_the_loss_of_its_batch")
 def test_train_one_epoch_reports_the_mean_loss_of_its_batches(device):
@@ -723,6 +886,85 @@ def test_train_one_epoch_covers_every_batch_or_max_steps(device, capsys):
                  f"and quick experiments rely on it).")
 
 
+class _Bar:
+    """A stand-in for tqdm: records how it was made and what it showed after which batch."""
+
+    made: list = []
+
+    def __init__(self, iterable, **kwargs) -> None:
+        self.iterable, self.kwargs, self.shown, self.at = iterable, kwargs, [], None
+        _Bar.made.append(self)
+
+    def __iter__(self):
+        for at, item in enumerate(self.iterable):
+            self.at = at
+            yield item
+
+    def set_postfix(self, **kwargs) -> None:
+        self.shown.append((self.at, kwargs))
+
+
+@pytest.mark.trains
+def test_train_one_epoch_shows_the_loss_every_20_batches(device, monkeypatch):
+    """The progress bar (tqdm, drawn only with progress=True) is told the current batch's
+    loss, to 3 decimals, after batches 0, 20, 40...; it does not stay on screen."""
+    monkeypatch.setattr(train.resolve(), "tqdm", _Bar)
+    monkeypatch.setattr(_Bar, "made", [])
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(21, 3, 2, 2, generator=g), torch.arange(21) % 4
+    loader = DataLoader(TensorDataset(x, y), batch_size=1)  # 21 batches: 0..20
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4)).to(device)
+    with torch.no_grad():
+        losses = [f"{nn.functional.cross_entropy(model(xb.to(device)), yb.to(device)).item():.3f}"
+                  for xb, yb in loader]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # nothing moves: known losses
+    for progress in (False, True):
+        _Bar.made.clear()
+        call(train.train_one_epoch, model, loader, optimizer, device, progress=progress,
+             what=f"train_one_epoch(..., progress={progress}) on 21 batches")
+        bar = _Bar.made[0] if len(_Bar.made) == 1 else None
+        options = {k: bar.kwargs.get(k) for k in ("total", "leave", "disable")} if bar else None
+        if options != {"total": 21, "leave": False, "disable": not progress}:
+            fail(f"train_one_epoch(..., progress={progress}) made {len(_Bar.made)} tqdm "
+                 f"bar(s) with {options}; expected one with total=21, leave=False and "
+                 f"disable={not progress}: a bar only when asked, and one that disappears "
+                 f"when the epoch ends, so that the epoch lines stay readable.")
+        wanted = [(0, {"loss": losses[0]}), (20, {"loss": losses[20]})]
+        if bar.shown != wanted:
+            fail(f"Over 21 batches, train_one_epoch showed on its progress bar (batch, "
+                 f"postfix) {bar.shown}; expected {wanted}: the loss of the batch just "
+                 f"trained, every 20 batches from the first (reading a loss waits for the "
+                 f"GPU, so it is not done after every batch).")
+
+
+@pytest.mark.trains
+def test_loss_scaling_only_for_float16(device, monkeypatch):
+    """train_one_epoch and train_steps scale the loss (GradScaler enabled) for float16
+    autocast only: bfloat16 and float32 have float32's range and need no scaling."""
+    module, enabled = train.resolve(), []
+
+    def step(model, optimizer, scaler, x, y, amp_dtype):  # records instead of training
+        enabled.append(scaler.is_enabled())
+        return torch.tensor(1.0)
+
+    monkeypatch.setattr(module, "train_step", step)
+    x, y = torch.randn(4, 3, 2, 2), torch.zeros(4, dtype=torch.long)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2)).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for amp_dtype in (torch.float16, torch.bfloat16, None):
+        enabled.clear()
+        call(train.train_one_epoch, model, DataLoader(TensorDataset(x, y), batch_size=4),
+             optimizer, device, amp_dtype, what=f"train_one_epoch(..., amp_dtype={amp_dtype})")
+        call(train.train_steps, model, x.to(device), y.to(device), 1, amp_dtype=amp_dtype,
+             warmup=0, what=f"train_steps(..., amp_dtype={amp_dtype})")
+        if enabled != [amp_dtype == torch.float16] * 2:
+            fail(f"With amp_dtype={amp_dtype}, train_one_epoch and train_steps handed "
+                 f"train_step GradScalers enabled {enabled}; expected "
+                 f"{[amp_dtype == torch.float16] * 2}. float16's small gradients underflow "
+                 f"to zero unless the loss is scaled up; bfloat16 and float32 have the range "
+                 f"of float32, and scaling them only costs time.")
+
+
 def test_evaluate_reports_accuracy_in_eval_mode(device):
     """evaluate() gives the eval-mode accuracy and leaves the model's statistics alone."""
     model = call(resnet.ResNet18, 4, width=8, what="ResNet18(4, width=8)").to(device)
@@ -740,6 +982,78 @@ def test_evaluate_reports_accuracy_in_eval_mode(device):
              f"{moved[:2]}). Evaluation runs in eval mode, where BatchNorm uses its stored "
              f"statistics and updates nothing, and counts every image of every batch, the "
              f"last and smaller one too.")
+
+
+class _Says(nn.Module):
+    """A stand-in classifier of 4 classes that predicts, for each image, its first pixel."""
+
+    def forward(self, x):
+        return nn.functional.one_hot(x.flatten(1)[:, 0].long(), 4).float()
+
+
+def test_evaluate_counts_exact_matches_over_every_image():
+    """evaluate() is the fraction of images whose top class is the label: 4 of 6 right is
+    0.667, 1 of 1 is 1.0, and an empty loader gives 0.0 rather than a division by zero."""
+    cpu = torch.device("cpu")
+    predicted, labels = torch.tensor([0, 1, 2, 3, 3, 2]), torch.tensor([0, 1, 2, 3, 0, 1])
+    cases = [(predicted, labels, 4 / 6), (predicted[:1], labels[:1], 1.0),
+             (predicted[:0], labels[:0], 0.0)]
+    for p, y, wanted in cases:
+        x = p.float().view(-1, 1, 1, 1)
+        loader = DataLoader(TensorDataset(x, y), batch_size=4)
+        got = call(train.evaluate, _Says(), loader, cpu,
+                   what=f"evaluate() of a model that predicts {p.tolist()} for labels "
+                        f"{y.tolist()}")
+        if not abs(got - wanted) < 1e-9:
+            fail(f"evaluate() of a model that predicts {p.tolist()} for the labels "
+                 f"{y.tolist()} reported {got}; expected {wanted:.3f}: the fraction of images "
+                 f"whose prediction equals the label, over all the images the loader gave "
+                 f"(0.0 for none).")
+
+
+def recorded_evaluation(device, **kwargs) -> dict:
+    """What the model saw in evaluate(model, loader, device, **kwargs): the dtype of its
+    output, the memory format of its input, and whether autograd was recording."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten()).to(device)
+    seen: dict = {}
+    model.register_forward_pre_hook(lambda m, i: seen.update(
+        channels_last=i[0].is_contiguous(memory_format=torch.channels_last)
+        and not i[0].is_contiguous(), grad=torch.is_grad_enabled()))
+    model.register_forward_hook(lambda m, i, o: seen.update(dtype=o.dtype))
+    x, y = torch.randn(2, 3, 4, 4), torch.zeros(2, dtype=torch.long)
+    shown = "".join(f", {k}={v}" for k, v in kwargs.items())
+    call(train.evaluate, model, DataLoader(TensorDataset(x, y), batch_size=2), device,
+         **kwargs, what=f"evaluate(model, loader, device{shown})")
+    return seen
+
+
+def test_evaluate_autocasts_and_converts_only_when_asked(device):
+    """evaluate() runs in float32 on contiguous batches by default; amp_dtype=torch.bfloat16
+    autocasts, channels_last=True converts the batches."""
+    for kwargs, wanted in (({}, (torch.float32, False)),
+                           ({"amp_dtype": torch.bfloat16}, (torch.bfloat16, False)),
+                           ({"channels_last": True}, (torch.float32, True))):
+        seen = recorded_evaluation(device, **kwargs)
+        got = (seen.get("dtype"), seen.get("channels_last"))
+        shown = "".join(f", {k}={v}" for k, v in kwargs.items())
+        if got != wanted:
+            fail(f"evaluate(model, loader, device{shown})"
+                 f" ran the model in {got[0]} on channels_last batches: {got[1]}; expected "
+                 f"{wanted[0]} and {wanted[1]}. Autocast and channels_last are GPU speed-ups "
+                 f"that the caller asks for (amp_dtype=None, channels_last=False by default), "
+                 f"and then evaluation must use them as training did.")
+
+
+def test_evaluate_records_no_autograd_graph(device):
+    """evaluate() runs the model with autograd off: no graph is kept for a backward pass
+    that never comes, which would hold every activation in memory."""
+    seen = recorded_evaluation(device)
+    if seen.get("grad") is not False:
+        fail(f"evaluate() ran the model with autograd recording (torch.is_grad_enabled() was "
+             f"{seen.get('grad')}); expected it off, as under @torch.no_grad(): evaluation "
+             f"never calls backward, and a recorded graph keeps every layer's activations "
+             f"in memory until the batch is done.")
 
 
 @pytest.mark.trains
@@ -773,6 +1087,79 @@ def test_train_steps_for_benchmarks(device, monkeypatch):
              f"{losses[-1]:.3f}): each step must update the model it is given.")
 
 
+def recording_steps(monkeypatch) -> list:
+    """Replace train.py's train_step by a recorder of the model and batch it is handed; it
+    returns a made-up loss instead of training."""
+    steps: list = []
+
+    def step(model, optimizer, scaler, x, y, amp_dtype):
+        steps.append((model, x))
+        return torch.tensor(1.0)
+
+    monkeypatch.setattr(train.resolve(), "train_step", step)
+    return steps
+
+
+def test_train_steps_times_only_its_timed_steps(monkeypatch):
+    """train_steps(model, x, y) runs 3 untimed warm-up steps then 20 timed ones by default,
+    and reports the seconds between its two clock readings and steps * batch / seconds."""
+    steps = recording_steps(monkeypatch)
+    readings = iter([10.0, 25.0])  # a stand-in clock: the timed steps took 15 s
+    monkeypatch.setattr(train.resolve(), "time",
+                        types.SimpleNamespace(perf_counter=lambda: next(readings)))
+    x, y = torch.randn(8, 3, 2, 2), torch.zeros(8, dtype=torch.long)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
+    result = call(train.train_steps, model=model, x=x, y=y,
+                  what="train_steps(model=model, x=x, y=y) (a clock reading 10 s, then 25 s)")
+    got = (len(steps), result.get("seconds"), result.get("images_per_second"),
+           len(result.get("losses", []))) if isinstance(result, dict) else result
+    wanted = (23, 15.0, 20 * 8 / 15.0, 20)
+    if not isinstance(result, dict) or got[:2] != wanted[:2] or got[3] != 20 \
+            or not abs(got[2] - wanted[2]) < 1e-9:
+        fail(f"train_steps(model, x, y) on a batch of 8, with a clock that read 10 s before "
+             f"the timed steps and 25 s after, gave (steps run, seconds, images_per_second, "
+             f"losses) = {got}; expected {wanted}: 3 warm-up steps and steps=20 by default, "
+             f"the time between the readings, and the images trained on per second.")
+
+
+def test_train_steps_converts_and_compiles_only_when_asked(monkeypatch):
+    """train_steps trains the model as it is by default; channels_last=True converts the
+    model and the batch, compile=True trains what torch.compile made of the model (replaced
+    here by a wrapper that records what it wraps)."""
+    steps = recording_steps(monkeypatch)
+    compiled = []
+
+    def fake_compile(net, *args, **kwargs):
+        compiled.append(net)
+        return ("compiled", net)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    x, y = torch.randn(2, 3, 4, 4), torch.zeros(2, dtype=torch.long)
+    for kwargs in ({}, {"channels_last": True}, {"compile": True}):
+        model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(8, 2))
+        steps.clear()
+        compiled.clear()
+        shown = "".join(f", {k}=True" for k in kwargs)
+        call(train.train_steps, model, x, y, 1, warmup=0, **kwargs,
+             what=f"train_steps(model, x, y, 1{shown})")
+        last = kwargs.get("channels_last", False)
+        trained = steps[0][0] if steps else None
+        got = {"compiled": compiled == [model] and trained == ("compiled", model),
+               "as is": trained is model,
+               "channels_last model": model[0].weight.is_contiguous(
+                   memory_format=torch.channels_last) and not model[0].weight.is_contiguous(),
+               "channels_last batch": bool(steps) and steps[0][1].is_contiguous(
+                   memory_format=torch.channels_last) and not steps[0][1].is_contiguous()}
+        wanted = {"compiled": "compile" in kwargs, "as is": "compile" not in kwargs,
+                  "channels_last model": last, "channels_last batch": last}
+        if got != wanted:
+            wrong = {k: v for k, v in got.items() if v != wanted[k]}
+            fail(f"train_steps(model, x, y, 1{shown}) gave {wrong}; expected "
+                 f"{ {k: wanted[k] for k in wrong} }. Compiling and channels_last are "
+                 f"speed-ups that the benchmark asks for (both off by default), and a "
+                 f"benchmark of one must not silently measure the other.")
+
+
 def test_device_and_precision_choices(monkeypatch):
     """pick_device("auto") takes the best device this machine has; mixed precision only on
     CUDA (a CPU or MPS run stays in float32)."""
@@ -800,9 +1187,39 @@ def test_device_and_precision_choices(monkeypatch):
              f"precision pays off on CUDA GPUs; on a CPU it is slow or unsupported.")
 
 
-def run_main(argv: list[str], tmp_path: Path, monkeypatch, capsys) -> tuple[list[dict], str]:
-    """Run train.main(argv) in-process on a machine without a GPU, with train_one_epoch and
-    evaluate replaced by recorders (no training): what each epoch was given, and the output."""
+def test_device_and_precision_with_a_gpu(monkeypatch):
+    """With a CUDA GPU (pretended here): "auto" picks cuda, a named device is still taken as
+    asked, and autocast uses bfloat16 where the GPU supports it, else float16; on MPS and
+    the CPU, float32."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    got = {name: str(call(train.pick_device, name, what=f'pick_device("{name}")'))
+           for name in shell_argv(["auto", "cpu", "mps"])}
+    if got != {"auto": "cuda", "cpu": "cpu", "mps": "mps"}:
+        fail(f"With a CUDA GPU available, pick_device gave {got}; expected auto -> cuda, "
+             f"cpu -> cpu, mps -> mps: only 'auto' chooses, a named device is what the user "
+             f"asked for (names compared by value, as they come from the command line).")
+    dtypes = {}
+    for bf16 in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, bf16=bf16, **k: bf16)
+        for kind in shell_argv(["cuda", "mps", "cpu"]):
+            dtypes[(kind, bf16)] = call(train.amp_dtype_for, torch.device(kind),
+                                        what=f"amp_dtype_for({kind})")
+    wanted = {("cuda", True): torch.bfloat16, ("cuda", False): torch.float16,
+              ("mps", True): None, ("mps", False): None, ("cpu", True): None,
+              ("cpu", False): None}
+    if dtypes != wanted:
+        wrong = {k: v for k, v in dtypes.items() if v != wanted[k]}
+        fail(f"amp_dtype_for gave (device, bfloat16 supported) -> {wrong}; expected "
+             f"{ {k: wanted[k] for k in wrong} }. bfloat16 keeps float32's range and needs "
+             f"no loss scaling, so it is preferred where the GPU has it; older CUDA GPUs get "
+             f"float16; MPS and the CPU run in float32.")
+
+
+def run_main(argv: list[str], tmp_path: Path, monkeypatch, capsys,
+             gpu: bool = False) -> tuple[list[dict], str]:
+    """Run train.main(argv) in-process on a machine without a GPU (``gpu``: with a CUDA and
+    an MPS device pretended), with train_one_epoch and evaluate replaced by recorders (no
+    training): what each epoch was given, and the output."""
     module = train.resolve()
     original = getattr(module.train_one_epoch, "__wrapped__", module.train_one_epoch)
     real = inspect.signature(original)
@@ -823,8 +1240,9 @@ def run_main(argv: list[str], tmp_path: Path, monkeypatch, capsys) -> tuple[list
     monkeypatch.setattr(module, "train_one_epoch", record)
     monkeypatch.setattr(module, "evaluate", lambda *args, **kwargs: 0.5)
     monkeypatch.setattr(module, "HERE", tmp_path)  # the default outputs go here, not beside it
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: gpu)
+    monkeypatch.setattr(torch.mps, "is_available", lambda: gpu)
     capsys.readouterr()
     call(train.main, argv, what=f"train.main({argv}) (training replaced by a recorder)")
     return epochs, capsys.readouterr().out
@@ -927,6 +1345,268 @@ def test_script_rejects_bad_input_in_one_line(argv, tmp_path, monkeypatch, capsy
              f"must not download or save anything.")
 
 
+def recording_models(monkeypatch, gpu: bool = False) -> list[dict]:
+    """Replace train.py's ResNet18 by a recorder of its arguments that builds the real one,
+    at most 8 channels wide (quick). ``gpu``: the model stays on the CPU whatever device
+    it is moved to (for a pretended GPU)."""
+    module = train.resolve()
+    real, signature = module.ResNet18, inspect.signature(module.ResNet18)
+    calls: list[dict] = []
+
+    def build(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        calls.append(dict(bound.arguments))
+        model = real(**{**bound.arguments, "width": min(bound.arguments["width"], 8)})
+        if gpu:
+            to = model.to
+            model.to = lambda *a, **k: to(*[v for v in a if not isinstance(v, (str,
+                                                                                torch.device))],
+                                          **{n: v for n, v in k.items() if n != "device"})
+        return model
+
+    monkeypatch.setattr(module, "ResNet18", build)
+    return calls
+
+
+@pytest.mark.trains
+def test_script_help_says_what_it_does(capsys):
+    """`python train.py --help` starts its description with the docstring's first line."""
+    first = (train.resolve().__doc__ or "").strip().splitlines()[0]
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    out = capsys.readouterr().out
+    if first not in " ".join(out.split()):  # argparse wraps the description
+        fail(f"`python train.py --help` printed {out[:300]!r}; expected it to describe the "
+             f"script with its docstring's first line, {first!r}.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_script_from_scratch_uses_its_documented_settings")
+def test_script_builds_a_full_width_model_and_drops_incomplete_batches(tmp_path, monkeypatch,
+                                                                      capsys):
+    """`train.py --dataset fake` builds ResNet18(10, width=64, zero_init_residual=True) and
+    trains on full batches only (the loader drops an incomplete last batch)."""
+    models = recording_models(monkeypatch)
+    argv = shell_argv(["--dataset", "fake", "--epochs", "1"])
+    epochs, out = run_main(argv, tmp_path, monkeypatch, capsys)
+    got = ({k: models[0].get(k) for k in ("num_classes", "width", "zero_init_residual")}
+           if len(models) == 1 else models)
+    loader = epochs[0].get("loader") if len(epochs) == 1 else None
+    wanted = {"num_classes": 10, "width": 64, "zero_init_residual": True}
+    if got != wanted or "fake data" not in out or getattr(loader, "drop_last", None) is not True:
+        fail(f"`train.py {' '.join(argv)}` built ResNet18 with {got}, said "
+             f"{'that' if 'fake data' in out else 'nothing about'} its fake data, and gave "
+             f"train_one_epoch a loader with drop_last={getattr(loader, 'drop_last', None)}; "
+             f"expected {wanted} (--width defaults to 64, as --help says), the fake data "
+             f"announced, and drop_last=True: a last batch of a few images gives BatchNorm "
+             f"noisy statistics.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_script_from_scratch_uses_its_documented_settings")
+def test_script_uses_the_gpu_when_there_is_one_unless_told_otherwise(tmp_path, monkeypatch,
+                                                                      capsys):
+    """With a CUDA GPU with bfloat16 (pretended here), `train.py` trains on it in bfloat16
+    autocast with channels_last and pinned loader memory; `--device cuda` is accepted;
+    `--device cpu` and `--device mps` (an MPS device pretended too) mean float32 and
+    neither speed-up."""
+    recording_models(monkeypatch, gpu=True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    cuda = {"device": "cuda", "amp_dtype": torch.bfloat16, "channels_last": True,
+            "pin_memory": True}
+    for argv, wanted in (([], cuda), (["--device", "cuda"], cuda),
+                         (["--device", "cpu"], {"device": "cpu", "amp_dtype": None,
+                                                "channels_last": False, "pin_memory": False}),
+                         (["--device", "mps"], {"device": "mps", "amp_dtype": None,
+                                                "channels_last": False, "pin_memory": False})):
+        argv = shell_argv([*argv, "--epochs", "1", "--width", "8"])
+        epochs, _ = run_main(argv, tmp_path, monkeypatch, capsys, gpu=True)
+        run = epochs[0] if len(epochs) == 1 else {}
+        got = {"device": str(run.get("device")), "amp_dtype": run.get("amp_dtype"),
+               "channels_last": run.get("channels_last"),
+               "pin_memory": getattr(run.get("loader"), "pin_memory", None)}
+        if got != wanted:
+            wrong = {k: v for k, v in got.items() if v != wanted[k]}
+            fail(f"`train.py {' '.join(argv)}` with a CUDA GPU and an MPS device available "
+                 f"(pretended) trained with {wrong}; expected { {k: wanted[k] for k in wrong} }."
+                 f" 'auto' picks CUDA when it is there, and on CUDA the GPU speed-ups are on "
+                 f"(bfloat16 where supported); on any other device, none of them.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_script_from_scratch_uses_its_documented_settings")
+def test_script_rejects_a_bad_lr_or_workers_and_accepts_the_rest(tmp_path, monkeypatch,
+                                                                 capsys):
+    """--lr 0 or below and --workers below 0 end the script with one line before anything
+    trains; --lr 0.5 and --workers 0 or 1 are used as given (workers kept alive between
+    epochs when there are any)."""
+    recording_models(monkeypatch)
+    epochs: list = []
+
+    def no_training(*args, **kwargs):
+        epochs.append(args)
+        return 1.0
+
+    no_training.__wrapped__ = train.resolve().train_one_epoch  # run_main records the same way
+    monkeypatch.setattr(train.resolve(), "train_one_epoch", no_training)
+    monkeypatch.setattr(train.resolve(), "evaluate", lambda *args, **kwargs: 0.5)
+    for argv in (["--lr", "0"], ["--lr", "-0.5"], ["--workers", "-1"]):
+        ended = how_script_ended(train.main, shell_argv([*argv, "--save", str(tmp_path / "x")]))
+        if ended or epochs:
+            fail(f"`python train.py {' '.join(argv)}` {ended or 'went on to train'}; "
+                 f"expected it to stop with one line that says what is wrong: the learning "
+                 f"rate must be positive, and the number of loader processes at least 0.")
+    for argv, wanted in ((["--lr", "0.5", "--workers", "1"], ([0.5], 1, True)),
+                         (["--workers", "0"], ([0.1], 0, False))):
+        argv = shell_argv([*argv, "--epochs", "1", "--width", "8"])
+        epochs, _ = run_main(argv, tmp_path, monkeypatch, capsys)
+        loader = epochs[0].get("loader") if len(epochs) == 1 else None
+        got = (epochs[0].get("lr") if epochs else None, getattr(loader, "num_workers", None),
+               getattr(loader, "persistent_workers", None))
+        if got != wanted:
+            fail(f"`train.py {' '.join(argv)}` trained with (lr, loader workers, persistent "
+                 f"workers) = {got}; expected {wanted}: a positive lr and 0 or more workers "
+                 f"are valid and used as given, and worker processes are kept between "
+                 f"epochs whenever there is at least one.")
+
+
+def recording_transfer(monkeypatch, fails: BaseException | None = None) -> list[dict]:
+    """Replace train.py's build_transfer_model by a recorder of its arguments that returns a
+    small stand-in model (or raises ``fails``): nothing is downloaded or loaded."""
+    module = train.resolve()
+    signature = inspect.signature(module.build_transfer_model)
+    calls: list[dict] = []
+
+    def build(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        calls.append(dict(bound.arguments))
+        if fails is not None:
+            raise fails
+        return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, bound.arguments[
+            "num_classes"]))
+
+    monkeypatch.setattr(module, "build_transfer_model", build)
+    return calls
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_script_dry_run_and_pretrained_settings")
+def test_script_needs_the_imagenet_weights_cached_or_a_download(tmp_path, monkeypatch, capsys):
+    """`--pretrained` stops with one line when ImageNet's weights are neither in torch's
+    cache nor allowed to download; it goes on with --download, with a cached copy, or with
+    --checkpoint FILE (which needs no ImageNet weights)."""
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+    calls = recording_transfer(monkeypatch)
+    argv = ["--pretrained", "--epochs", "1", "--max-steps", "1", "--save", str(tmp_path / "x.pt")]
+    ended = how_script_ended(train.main, shell_argv(argv))
+    if ended or calls:
+        fail(f"`train.py --pretrained` with no ImageNet weights in torch's cache and no "
+             f"--download {ended or 'went on to build the model'}; expected one line that "
+             f"says to add --download or pass --checkpoint: nothing is fetched unless asked.")
+    checkpoint_file = tmp_path / "resnet18.pt"
+    checkpoint_file.touch()
+    cached = hub / "checkpoints" / Path(IMAGENET.url).name
+    for argv, cache, weights in ((["--pretrained", "--download"], False, IMAGENET),
+                                 (["--pretrained", "--checkpoint", str(checkpoint_file)], False,
+                                  None),
+                                 (["--pretrained"], True, IMAGENET)):
+        if cache:
+            cached.parent.mkdir(parents=True)
+            cached.touch()
+        calls.clear()
+        argv = shell_argv([*argv, "--epochs", "1", "--save", str(tmp_path / "out.pt")])
+        run_main(argv, tmp_path, monkeypatch, capsys)
+        got = calls[0].get("weights", "no call") if len(calls) == 1 else f"{len(calls)} calls"
+        if got != weights:
+            where = " (weights in torch's cache)" if cache else ""
+            fail(f"`train.py {' '.join(argv)}`{where} called build_transfer_model with "
+                 f"weights={got}; expected {weights}: ImageNet's weights come from torch's "
+                 f"cache or a download the user allowed, and a checkpoint replaces them.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_script_rejects_bad_input_in_one_line")
+def test_script_reports_an_unreadable_checkpoint_in_one_line(tmp_path, monkeypatch):
+    """Whichever error torch reports for a checkpoint it cannot read (RuntimeError,
+    UnpicklingError, EOFError, KeyError, ValueError), the script ends with one line that
+    names the file and the error's first line."""
+    checkpoint_file = tmp_path / "broken.pt"
+    checkpoint_file.touch()
+    argv = ["--checkpoint", str(checkpoint_file), "--epochs", "1"]
+    for kind in (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, ValueError):
+        recording_transfer(monkeypatch, fails=kind("what went wrong\nin detail"))
+        try:
+            train.main(list(argv))
+        except SystemExit as exc:
+            said = str(exc.code)
+        except Exception as exc:  # noqa: BLE001 - a traceback is the finding
+            said = f"a traceback ({type(exc).__name__})"
+        else:
+            said = "nothing: it carried on"
+        if str(checkpoint_file) not in said or "\n" in said.strip() or \
+                "what went wrong" not in said or (kind is not KeyError and "in detail" in said):
+            fail(f"`train.py --checkpoint FILE`, where loading the file raised {kind.__name__}"
+                 f"('what went wrong\\nin detail'), ended with {said!r}; expected one line "
+                 f"naming the file and the error's first line: a damaged or foreign "
+                 f"checkpoint is a mistake of the user's, not a bug of the script.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_script_from_scratch_uses_its_documented_settings")
+def test_script_compiles_only_when_asked(tmp_path, monkeypatch, capsys):
+    """`train.py --compile` trains what torch.compile made of the model (replaced here by a
+    recorder); without it, or in a dry run, the model itself trains."""
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda net, *a, **k: compiled.append(net) or
+                        nn.Sequential(net))
+    for argv, wanted in ((["--compile"], True), ([], False), (["--dry-run", "--compile"], False)):
+        compiled.clear()
+        argv = shell_argv([*argv, "--epochs", "1", "--width", "8"])
+        epochs, _ = run_main(argv, tmp_path, monkeypatch, capsys)
+        trained = epochs[0].get("model") if len(epochs) == 1 else None
+        got = (len(compiled), isinstance(trained, nn.Sequential))
+        if got != ((1, True) if wanted else (0, False)):
+            fail(f"`train.py {' '.join(argv)}` called torch.compile {got[0]} time(s) and "
+                 f"trained {'what it made' if got[1] else 'the model itself'}; expected "
+                 f"{'one call, and what it made trained' if wanted else 'no call'}: "
+                 f"compiling takes minutes, so it happens only when asked, and never in a "
+                 f"dry run, which checks the plumbing quickly.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_script_from_scratch_uses_its_documented_settings")
+def test_script_reports_each_epochs_duration(tmp_path, monkeypatch, capsys):
+    """Each epoch line ends with the seconds the epoch took: the difference of two readings
+    of the clock (a stand-in here that reads 10 s, then 25 s)."""
+    readings = iter([10.0, 25.0])
+    monkeypatch.setattr(train.resolve(), "time",
+                        types.SimpleNamespace(perf_counter=lambda: next(readings)))
+    _, out = run_main(shell_argv(["--epochs", "1", "--width", "8"]), tmp_path, monkeypatch,
+                      capsys)
+    lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+    if len(lines) != 1 or not lines[0].endswith("(15 s)"):
+        fail(f"With a clock that read 10 s when the epoch started and 25 s when it ended, "
+             f"`train.py --epochs 1` printed {lines}; expected one epoch line ending in "
+             f"'(15 s)': the time the epoch took, to compare runs and settings.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_script_from_scratch_uses_its_documented_settings")
+def test_script_saves_into_folders_it_creates(tmp_path, monkeypatch, capsys):
+    """--save runs/a/b/model.pt creates the missing folders runs/a/b and saves there."""
+    save = tmp_path / "runs" / "a" / "b" / "model.pt"
+    argv = shell_argv(["--epochs", "1", "--width", "8", "--save", str(save)])
+    run_main(argv, tmp_path, monkeypatch, capsys)
+    if not save.is_file():
+        fail(f"`train.py --save {save.relative_to(tmp_path)}` (none of its folders there) "
+             f"wrote {sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob('*'))}; "
+             f"expected the weights at that path, its missing folders created: losing a "
+             f"long training run to a missing folder is a costly mistake.")
+
+
 @pytest.mark.trains
 @pytest.mark.requires("test_block_output_shape_for_any_stride_and_width",
                       "test_resnet18_feature_and_output_shapes")
@@ -951,3 +1631,27 @@ def test_dry_run_trains_offline_on_cpu(tmp_path, monkeypatch):
     if made:
         fail(f"The dry run wrote {made} into its working directory; a smoke test must not "
              f"download or save anything.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_script_help_says_what_it_does")
+def test_script_runs_when_started_as_a_file(monkeypatch, capsys):
+    """`python train.py --help` runs main(): the guard at the end of the file lets it."""
+    import runpy
+
+    path = Path(train.resolve().__file__)
+    monkeypatch.syspath_prepend(str(path.parent))  # as `python train.py` puts it first
+    monkeypatch.setattr(sys, "argv", shell_argv([str(path), "--help"]))
+    siblings = {"cifar", "resnet", "transfer"}  # train.py imports them by their bare names
+    saved = {name: sys.modules.pop(name) for name in siblings if name in sys.modules}
+    try:
+        runpy.run_path(str(path), run_name="".join(["__", "main__"]))  # the interpreter's str
+    except SystemExit:
+        pass
+    finally:
+        for name in siblings:
+            sys.modules.pop(name, None)
+        sys.modules.update(saved)
+    if "--dry-run" not in capsys.readouterr().out:
+        fail("`python train.py --help` printed no help. Run as a file, a script's module is "
+             "named '__main__', and the block at its end decides whether main() runs.")
