@@ -252,7 +252,7 @@ def how_script_ended(main: Callable, argv: list[str]) -> str:
     status and at most a one-line message), else what it did instead, for a test's message.
     """
     try:
-        main(argv)
+        main(shell_argv(argv))
     except SystemExit as exc:
         if exc.code in (0, None):
             return "exited with status 0, as if all went well"
@@ -348,7 +348,7 @@ def run_script(script, argv: list[str], cwd):
         os.chdir(cwd)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                load(script.parent, script.stem).main(list(argv))
+                load(script.parent, script.stem).main(shell_argv(argv))
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
                 if not isinstance(exc.code, int) and exc.code is not None:

