@@ -6,7 +6,6 @@ what the code did instead, and why it matters.
 
 import copy
 import inspect
-import sys
 import warnings
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from torchkata.checks import (
     fail,
     how_script_ended,
     network_attempts,
+    run_as_main,
     run_script,
     shell_argv,
 )
@@ -1349,23 +1349,9 @@ def test_script_help_says_what_it_does(capsys):
 
 @pytest.mark.trains
 @pytest.mark.requires("test_script_help_says_what_it_does")
-def test_script_runs_when_started_as_a_file(monkeypatch, capsys):
+def test_script_runs_when_started_as_a_file(capsys):
     """`python train.py --help` runs main(): the guard at the end of the file lets it."""
-    import runpy
-
-    path = Path(train.resolve().__file__)
-    monkeypatch.syspath_prepend(str(path.parent))  # as `python train.py` puts it first
-    monkeypatch.setattr(sys, "argv", shell_argv([str(path), "--help"]))
-    siblings = {"data", "model", "transforms"}  # train.py imports them by their bare names
-    saved = {name: sys.modules.pop(name) for name in siblings if name in sys.modules}
-    try:
-        runpy.run_path(str(path), run_name="".join(["__", "main__"]))  # the interpreter's str
-    except SystemExit:
-        pass
-    finally:
-        for name in siblings:
-            sys.modules.pop(name, None)
-        sys.modules.update(saved)
+    run_as_main(train.resolve().__file__, ["--help"])
     if "--dry-run" not in capsys.readouterr().out:
         fail("`python train.py --help` printed no help. Run as a file, a script's module is "
              "named '__main__', and the block at its end decides whether main() runs.")
