@@ -7,6 +7,7 @@ one mutant at a time, and runs the exercise's suite against it with ``--target T
 worker, so a mutant costs about a second plus its tests instead of a cold start of torch.
 
     python -m torchkata.mutation run [NN_topic ...]      # all exercises when none is named
+    python -m torchkata.mutation run --survivors NN_topic   # only the last run's survivors
     python -m torchkata.mutation run-suite NN_topic TARGET [--limit SECONDS] [--impact MAP]
 
 ``run-suite`` is cosmic-ray's test command: one ``pytest -x`` of the exercise against TARGET,
@@ -26,12 +27,19 @@ change behaviour is listed in ``reference/NN_topic/equivalent_mutants.toml``::
 
 An entry counts only while file, line, operator and occurrence all match a surviving mutant;
 the others are printed as stale, so an edit to the reference cannot silently hide a mutant.
+
+Each run records its outcome in ``.kata/mutation/NN_topic.json``. After new tests, ``run
+--survivors`` runs only the mutants that survived the recorded run (seconds, not minutes)
+and adds those now killed to its score; it refuses when the reference's code changed since,
+as its mutants are then other mutants (a new test cannot revive a killed mutant, so the
+recorded kills stand).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import shlex
@@ -176,9 +184,54 @@ def load_equivalent(folder: Path) -> dict[tuple[str, int, str, int], str]:
             for e in entries}
 
 
-def mutate_exercise(name: str, root: Path, select: bool = True) -> dict:
-    """Run cosmic-ray over exercise ``name``; counts, survivors and stale entries."""
+def record_path(root: Path, name: str) -> Path:
+    return root / ".kata" / "mutation" / f"{name}.json"
+
+
+def code_hash(reference: Path) -> str:
+    digest = hashlib.sha256()
+    for f in catalog.code_files(reference):
+        digest.update(f.encode() + b"\0" + (reference / f).read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def save_record(root: Path, r: dict) -> None:
+    path = record_path(root, r["name"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"reference": code_hash(root / "reference" / r["name"]), "total": r["total"],
+            "counts": r["counts"], "date": time.strftime("%Y-%m-%d %H:%M"),
+            "survivors": [list(m.key()) for m in r["survivors"]],
+            "equivalent": [list(k) for k in r["matched"]]}
+    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+
+
+def rerun_survivors(name: str, root: Path, select: bool = True) -> dict:
+    """Run only the recorded run's survivors; the score of the recorded run plus this one."""
+    path = record_path(root, name)
+    if not path.exists():
+        raise SystemExit(f"{name}: no recorded run in {path}; run it whole first")
+    old = json.loads(path.read_text(encoding="utf-8"))
+    if old["reference"] != code_hash(root / "reference" / name):
+        raise SystemExit(f"{name}: the reference changed since the run of {old['date']}, so its "
+                         "mutants are not the recorded ones; run it whole")
+    wanted = {tuple(k) for k in old["survivors"]} | {tuple(k) for k in old["equivalent"]}
+    r = mutate_exercise(name, root, select, only=wanted)
+    for k in ("killed", "timeout"):
+        r["counts"][k] += old["counts"][k]
+    r["total"] = old["total"]
+    print(f"{name}: reran the {len(wanted)} survivors and equivalents of the run of "
+          f"{old['date']}; the {old['total'] - len(wanted)} it killed count as killed")
+    return r
+
+
+def mutate_exercise(name: str, root: Path, select: bool = True,
+                    only: set[tuple] | None = None) -> dict:
+    """Run cosmic-ray over exercise ``name``; counts, survivors and stale entries.
+
+    With ``only``, every other mutant is skipped (cosmic-ray's SKIPPED, as its filters do).
+    """
     from cosmic_ray.work_db import WorkDB, use_db  # the dev dependency, needed here only
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
     reference = root / "reference" / name
     started = time.monotonic()
@@ -214,17 +267,22 @@ def mutate_exercise(name: str, root: Path, select: bool = True) -> dict:
         subprocess.run([*cr, "init", str(config), str(session)], check=True, cwd=tmp)
         with use_db(str(session), WorkDB.Mode.open) as db:
             count = db.num_work_items
+            if only is not None:
+                skip = [item.job_id for item in db.work_items
+                        if _key(item.mutations[0]) not in only]
+                db.set_multiple_results(skip, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
+                count -= len(skip)
         print(f"{name}: {count} mutants; the suite took {baseline:.1f} s on the reference",
               flush=True)
         _exec_with_progress([*cr, "exec", str(config), str(session)], tmp, session, count)
         mutants = []
         with use_db(str(session), WorkDB.Mode.open) as db:
             for item, result in db.completed_work_items:
+                if result.worker_outcome == WorkerOutcome.SKIPPED:
+                    continue
                 spec = item.mutations[0]
-                mutants.append(Mutant(
-                    Path(spec.module_path).name, spec.start_pos[0], spec.operator_name,
-                    spec.occurrence, spec.definition_name or "", _outcome(result),
-                    result.diff or ""))
+                mutants.append(Mutant(*_key(spec), spec.definition_name or "",
+                                      _outcome(result), result.diff or ""))
 
     equivalent = load_equivalent(reference)
     for m in mutants:
@@ -233,10 +291,15 @@ def mutate_exercise(name: str, root: Path, select: bool = True) -> dict:
     matched = {m.key() for m in mutants if m.outcome == "equivalent"}
     counts = {k: sum(m.outcome == k for m in mutants)
               for k in ("killed", "timeout", "survived", "equivalent", "error")}
-    return {"name": name, "total": len(mutants), "counts": counts,
+    return {"name": name, "total": len(mutants), "ran": len(mutants), "counts": counts,
             "seconds": time.monotonic() - started, "baseline": baseline,
             "survivors": [m for m in mutants if m.outcome in ("survived", "error")],
-            "stale": sorted(set(equivalent) - matched)}
+            "matched": sorted(matched), "stale": sorted(set(equivalent) - matched)}
+
+
+def _key(spec) -> tuple[str, int, str, int]:
+    return (Path(spec.module_path).name, spec.start_pos[0], spec.operator_name,
+            spec.occurrence)
 
 
 def _exec_with_progress(command: list[str], cwd: str, session: Path, count: int) -> None:
@@ -276,10 +339,11 @@ def report(r: dict) -> str:
     killed = c["killed"] + c["timeout"]
     scored = r["total"] - c["equivalent"]
     score = f"{killed / scored:.1%}" if scored else "n/a"
-    per = r["seconds"] / max(r["total"], 1)
+    per = r["seconds"] / max(r["ran"], 1)
     lines = [f"{r['name']}: score {score} = killed {killed} / (total {r['total']} - equivalent "
              f"{c['equivalent']}); survived {c['survived']}, timeouts {c['timeout']} (counted "
-             f"as killed), errors {c['error']}; {r['seconds']:.0f} s ({per:.1f} s a mutant)"]
+             f"as killed), errors {c['error']}; {r['seconds']:.0f} s for {r['ran']} mutants "
+             f"({per:.1f} s each)"]
     for m in r["survivors"]:
         lines.append(f"  {m.outcome}: {m.file}:{m.line} ({m.function}) {m.operator} "
                      f"#{m.occurrence}: {m.change()}")
@@ -300,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="run only the tests this impact map says call the changed code")
     many = sub.add_parser("run", help="mutation-test exercises (all when none is named)")
     many.add_argument("exercises", nargs="*")
+    many.add_argument("--survivors", action="store_true",
+                      help="run only the mutants that survived the recorded run (after new "
+                           "tests)")
     many.add_argument("--no-select", action="store_true",
                       help="run the whole suite for every mutant (slow; a check of the "
                            "selection)")
@@ -316,7 +383,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_suite(args.exercise, args.target, args.limit, args.impact)
     results = []
     for name in names:
-        results.append(mutate_exercise(name, root, select=not args.no_select))
+        run = rerun_survivors if args.survivors else mutate_exercise
+        results.append(run(name, root, select=not args.no_select))
+        save_record(root, results[-1])
         print(report(results[-1]), flush=True)
     if len(results) > 1:
         print("\nsummary:")
