@@ -11,7 +11,11 @@ For each exercise (median of --repeat runs, measured the same way every time):
 
 It runs in a temporary copy of exercises/ and reference/, so no progress or worker of the
 repository is touched. ``--load 4`` starts four busy CPU-bound processes for the whole
-measurement (the "busy machine" case). This is a benchmark, not a test: it asserts nothing.
+measurement (the "busy machine" case), each in a session of its own as separate programs
+are: Linux's autogroup scheduler shares the CPU between sessions first, so busy processes in
+this benchmark's own session would compete with the cold runs and not with the warm worker
+(which runs in a session of its own) and favour it. This is a benchmark, not a test: it
+asserts nothing.
 
     python benchmarks/feedback.py                 # every exercise
     python benchmarks/feedback.py --exercise 01   # one
@@ -39,9 +43,12 @@ sys.path.insert(0, str(ROOT))
 from torchkata import paths, runner, worker  # noqa: E402
 
 
-def _busy() -> None:
-    while True:
-        pass
+def _busy(parent: int) -> None:
+    if hasattr(os, "setsid"):
+        os.setsid()  # a program of its own (see the docstring)
+    while os.getppid() == parent:  # never outlive the benchmark, even a killed one
+        for _ in range(1_000_000):
+            pass
 
 
 def env_for(root: Path) -> dict[str, str]:
@@ -132,7 +139,8 @@ def main() -> int:
         names = [n for n in names if n[:2] in wanted]
         if not names:
             parser.error(f"no exercise {args.exercise}")
-    busy = [multiprocessing.Process(target=_busy, daemon=True) for _ in range(args.load)]
+    busy = [multiprocessing.Process(target=_busy, args=(os.getpid(),), daemon=True)
+            for _ in range(args.load)]
     for p in busy:
         p.start()
     tmp = Path(tempfile.mkdtemp(prefix="kata-feedback-"))
@@ -146,7 +154,8 @@ def main() -> int:
         os.environ.update(TORCHKATA_WORKER_IDLE="300")
         client = worker.Client(root)
         client.start()
-        print(f"load: {args.load} busy processes; median of {args.repeat}; cpu count "
+        print(f"load: {args.load} busy processes, each in its own session; median of "
+              f"{args.repeat}; cpu count "
               f"{os.cpu_count()}; {time.strftime('%Y-%m-%d %H:%M')}")
         print("| exercise | floor (s) | cold (s) | cold - floor (s) | warm run (s) "
               "| save -> first failure (s) |")
