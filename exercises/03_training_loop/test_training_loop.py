@@ -17,7 +17,14 @@ import torch._dynamo  # noqa: F401
 from torch import nn
 
 from torchkata import data, under_test
-from torchkata.checks import accuracy_of, assert_accuracy_at_least, call, fail, shell_argv
+from torchkata.checks import (
+    accuracy_of,
+    assert_accuracy_at_least,
+    call,
+    fail,
+    run_as_main,
+    shell_argv,
+)
 
 train = under_test("train")
 model_py = under_test("model")
@@ -356,6 +363,24 @@ def test_learning_rate_follows_the_schedule_per_epoch(device):
              f"each epoch's updates used.")
 
 
+@pytest.mark.requires("test_learning_rate_follows_the_schedule_per_epoch")
+def test_history_lr_is_the_first_param_groups(device):
+    """With parameter groups at lr 0.1 (the body) and 0.01 (the head), history['lr'] holds the
+    first group's rate, 0.1, for every epoch."""
+    model = tiny_net(device)
+    optimizer = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.1},
+                                 {"params": model[2].parameters(), "lr": 0.01}])
+    history = call(train.fit, model, batches((16, 16)), batches((10,), seed=1), optimizer,
+                   epochs=2, device=device, what="fit() with two parameter groups")
+    lrs = history.get("lr") if isinstance(history, dict) else None
+    if lrs != [0.1, 0.1]:
+        fail(f"With an optimizer whose parameter groups train at lr 0.1 (first) and 0.01 "
+             f"(second), history['lr'] is {lrs!r}; expected the first group's rate for each of "
+             f"the 2 epochs. The first group is the one the history and the epoch lines "
+             f"report: a model whose later groups (a head, a fine-tuned layer) train at other "
+             f"rates is still logged by one predictable number.")
+
+
 @pytest.mark.requires("test_train_one_epoch_optimises_the_given_loss_fn",
                       "test_evaluate_averages_over_every_sample")
 def test_fit_trains_and_validates_with_the_given_loss_fn(device):
@@ -628,7 +653,7 @@ def test_fit_runs_20_epochs_by_default(device):
 def test_fit_reports_each_epoch_the_stop_and_the_restore_when_verbose(device, capsys):
     """fit(verbose=True) prints one line per epoch (its number, lr, both losses, accuracy),
     then why it stopped and which epoch's weights it restored; fit() by default prints nothing."""
-    script = [1.0, 0.8, 0.5, 0.6, 0.7, 0.9, 0.3]
+    script = [1.0, 0.8, 0.6, 0.5, 0.7, 0.9, 0.3]  # the best: epoch 4 (best_epoch 3)
     fit_with_scripted_val_loss(device, script, 2, "fit(..., patience=2)")
     if capsys.readouterr().out:
         fail("fit() without verbose=True printed to stdout; its default is verbose=False, so "
@@ -650,16 +675,17 @@ def test_fit_reports_each_epoch_the_stop_and_the_restore_when_verbose(device, ca
                        r"val accuracy (\S+)%", out)
     expected = [(str(k + 1), f"{history['lr'][k]:.2e}", f"{history['train_loss'][k]:.4f}",
                  f"{history['val_loss'][k]:.4f}", f"{100 * history['val_accuracy'][k]:.1f}")
-                for k in range(5)]
+                for k in range(6)]
     if lines != expected:
-        fail(f"fit(verbose=True) printed the epoch lines {lines}; for the 5 epochs it ran, its "
+        fail(f"fit(verbose=True) printed the epoch lines {lines}; for the 6 epochs it ran, its "
              f"history says {expected} (epoch from 1, lr, train loss, val loss, val accuracy "
              f"in %). Each line must report the epoch it follows.")
-    if "no improvement for 2 epochs: stopping" not in out or \
-            "restored the weights of epoch 3" not in out:
+    restored = re.findall(r"restored the weights of epoch (-?\d+)", out)
+    if "no improvement for 2 epochs: stopping" not in out or restored != ["4"]:
         fail(f"fit(patience=2, verbose=True) printed {out.strip()[-200:]!r}; expected it to say "
-             f"'no improvement for 2 epochs: stopping' and 'restored the weights of epoch 3' "
-             f"(the best validation loss, 0.5, came after epoch 3; epochs count from 1).")
+             f"'no improvement for 2 epochs: stopping' and 'restored the weights of epoch 4' "
+             f"(the best validation loss, 0.5, came after epoch 4; epochs count from 1, as in "
+             f"the epoch lines above, so that a reader finds the restored epoch among them).")
 
 
 def test_fit_moves_the_model_to_its_device(device):
@@ -686,9 +712,20 @@ def test_fit_moves_the_model_to_its_device(device):
 # --- the script ------------------------------------------------------------------------
 
 
+def test_script_help_says_what_it_does(capsys):
+    """`python train.py --help` starts its description with the docstring's first line."""
+    first = (train.resolve().__doc__ or "").strip().splitlines()[0]
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    out = capsys.readouterr().out
+    if first not in " ".join(out.split()):  # argparse wraps the description
+        fail(f"`python train.py --help` printed {out[:300]!r}; expected it to describe the "
+             f"script with its docstring's first line, {first!r}: the one-line summary is what "
+             f"a user reads first to know what the tool does.")
+
+
 BAD_ARGUMENTS = [["--epochs", "0"], ["--epochs", "-3"], ["--lr", "0"], ["--lr", "-0.05"],
                  ["--patience", "-1"], ["--device", "gpu"]]
-
 
 
 def test_script_rejects_bad_arguments(capsys):
@@ -736,6 +773,21 @@ def skip_rendering(monkeypatch) -> None:
                         lambda self, fname, *args, **kwargs: Path(fname).touch())
 
 
+def record_fit(monkeypatch) -> list[dict]:
+    """Replace train.py's fit by a recorder of its arguments; returns the list of calls."""
+    calls = []
+
+    def recording_fit(model, train_loader, val_loader, optimizer, **kwargs):
+        calls.append(dict(kwargs, train=train_loader, val=val_loader, optimizer=optimizer,
+                          initial_state=state_of(model)))
+        return {"train_loss": [0.7, 0.5, 0.4], "val_loss": [0.6, 0.5, 0.45],
+                "val_accuracy": [0.7, 0.8, 0.85], "lr": [0.05] * 3}  # 3 epochs: fit is tested
+
+    monkeypatch.setattr(train.resolve(), "fit", recording_fit)
+    skip_rendering(monkeypatch)
+    return calls
+
+
 @pytest.mark.trains
 @pytest.mark.requires("test_script_saves_the_curves_under_runs")
 def test_script_hands_its_settings_to_fit(tmp_path, monkeypatch, capsys):
@@ -743,15 +795,7 @@ def test_script_hands_its_settings_to_fit(tmp_path, monkeypatch, capsys):
     up to 60 epochs with patience 8, verbose, on 1,000 reshuffled moons, validating on 200;
     the options given replace those defaults; the plot goes where --plot says."""
     module = train.resolve()
-    calls = []
-
-    def recording_fit(model, train_loader, val_loader, optimizer, **kwargs):
-        calls.append(dict(kwargs, train=train_loader, val=val_loader, optimizer=optimizer))
-        return {"train_loss": [0.7, 0.5, 0.4], "val_loss": [0.6, 0.5, 0.45],
-                "val_accuracy": [0.7, 0.8, 0.85], "lr": [0.05] * 3}  # 3 epochs: fit is tested
-
-    monkeypatch.setattr(module, "fit", recording_fit)
-    skip_rendering(monkeypatch)
+    calls = record_fit(monkeypatch)
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     plot = tmp_path / "new" / "folder" / "curves.png"
     call(module.main, ["--plot", str(plot)], what="python train.py (fit recorded, not run)")
@@ -803,28 +847,56 @@ def test_script_hands_its_settings_to_fit(tmp_path, monkeypatch, capsys):
                  f"and patience 0 are valid), and only 'auto' may choose the GPU.")
 
 
+def all_of(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every (x, y) of a dataset, in its order, as two tensors."""
+    return next(iter(torch.utils.data.DataLoader(dataset, batch_size=len(dataset))))
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_script_hands_its_settings_to_fit")
+def test_script_starts_from_the_documented_moons_and_seed(tmp_path, monkeypatch, capsys):
+    """`python train.py` trains on the first 1,000 points of make_moons(n_samples=1200,
+    noise=0.25, random_state=0), validates on the last 200, and builds its SmallNet with torch
+    seeded 0 (as the README says): every run starts from the same data and the same weights."""
+    from sklearn.datasets import make_moons
+
+    calls = record_fit(monkeypatch)
+    argv = ["--device", "cpu", "--plot", str(tmp_path / "curves.png")]
+    call(train.resolve().main, argv, what="python train.py (fit recorded, not run)")
+    capsys.readouterr()
+    got = calls[-1]
+    x, y = make_moons(n_samples=1200, noise=0.25, random_state=0)
+    x, y = torch.tensor(x, dtype=torch.float32), torch.tensor(y)
+    for name, loader, (want_x, want_y) in (("training", got["train"], (x[:1000], y[:1000])),
+                                           ("validation", got["val"], (x[1000:], y[1000:]))):
+        seen_x, seen_y = all_of(loader.dataset)
+        if not (seen_x.shape == want_x.shape and torch.allclose(seen_x.float(), want_x)
+                and torch.equal(seen_y.long(), want_y.long())):
+            fail(f"python train.py's {name} set is not the one the README states (the "
+                 f"{'first 1,000' if name == 'training' else 'last 200'} points of "
+                 f"make_moons(n_samples=1200, noise=0.25, random_state=0)): its first point is "
+                 f"{[round(v, 4) for v in seen_x[0].tolist()]} with label {seen_y[0].item()}, "
+                 f"the README's is {[round(v, 4) for v in want_x[0].tolist()]} with label "
+                 f"{want_y[0].item()}. A script's data is part of its specification: with other "
+                 f"moons its curves and its stopping epoch are not the ones the README describes.")
+    torch.manual_seed(0)
+    want = state_of(model_py.SmallNet())
+    if not same_state(got["initial_state"], want):
+        fail("python train.py handed fit a SmallNet whose initial weights are not those that "
+             "SmallNet() gets right after torch.manual_seed(0), as the README states. Seeding "
+             "is what makes a run reproducible: two runs of the script (or yours and the "
+             "README's) must start from the same weights.")
+
+
 @pytest.mark.trains
 @pytest.mark.requires("test_script_saves_the_curves_under_runs")
 def test_script_runs_when_started_as_a_file(tmp_path, monkeypatch, capsys):
     """`python train.py --epochs 1` runs main(): the guard at the end of the file lets it."""
-    import runpy
-    import sys
-
     skip_rendering(monkeypatch)
-    path = Path(train.resolve().__file__)
-    monkeypatch.syspath_prepend(str(path.parent))  # as `python train.py` puts it first
-    monkeypatch.setattr(sys, "argv", shell_argv([str(path), "--epochs", "1", "--device", "cpu",
-                                               "--plot", str(tmp_path / "curves.png")]))
-    siblings = {"early_stopping", "model"}  # train.py imports them by their bare names
-    saved = {name: sys.modules.pop(name) for name in siblings if name in sys.modules}
-    try:
-        runpy.run_path(str(path), run_name="".join(["__", "main__"]))  # the interpreter's str
-    except SystemExit as exc:
-        fail(f"python train.py --epochs 1 exited with status {exc.code!r}; expected it to run.")
-    finally:
-        for name in siblings:
-            sys.modules.pop(name, None)
-        sys.modules.update(saved)
+    ended = run_as_main(train.resolve().__file__, ["--epochs", "1", "--device", "cpu",
+                                                   "--plot", str(tmp_path / "curves.png")])
+    if ended != "returned":
+        fail(f"python train.py --epochs 1 {ended}; expected it to run.")
     if not (tmp_path / "curves.png").is_file() or "epoch" not in capsys.readouterr().out:
         fail("python train.py --epochs 1 neither printed its epoch nor saved its curves. Run "
              "as a file, a script's module is named '__main__', and the block at its end "
