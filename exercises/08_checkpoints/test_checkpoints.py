@@ -4,6 +4,8 @@ Each test checks one property. Read the failure message first: it says what was 
 what the code did instead, and why it matters.
 """
 
+import builtins
+import errno
 import inspect
 import io
 import os
@@ -19,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from torchkata import data, under_test
-from torchkata.checks import call, fail, how_script_ended
+from torchkata.checks import call, fail, how_script_ended, run_as_main
 
 checkpoint = under_test("checkpoint")
 train = under_test("train")
@@ -255,6 +257,41 @@ def test_load_explains_a_file_that_is_not_a_checkpoint(tmp_path):
                  f"ValueError with a message of its own (as its docstring says), so that "
                  f"train.py can tell whoever runs it what is wrong with the file in one line.")
         fail(f"load_checkpoint() on {case} returned normally; expected a ValueError.")
+
+
+@requires("test_load_explains_a_file_that_is_not_a_checkpoint")
+def test_load_errors_say_what_the_file_holds(tmp_path):
+    """The ValueError names the class of a pickled object, and for another model's checkpoint
+    quotes the start of PyTorch's own explanation (its first 150 characters, on one line)."""
+    model, optimizer = trained("cpu")
+    torch.save(nn.Linear(2, 2), tmp_path / "module.pt")
+    other = nn.Sequential(nn.Linear(2, 5), nn.ReLU(), nn.Linear(5, 3))  # another architecture
+    torch.save({"model": other.state_dict(), "epoch": 1, "rng": torch.get_rng_state()},
+               tmp_path / "other.pt")
+    try:
+        nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 3)).load_state_dict(
+            other.state_dict())
+        torch_says = ""
+    except RuntimeError as exc:  # what PyTorch itself says about this mismatch
+        torch_says = " ".join(str(exc).split())[:150]
+    messages = {}
+    for name in ("module.pt", "other.pt"):
+        try:
+            checkpoint.load_checkpoint(tmp_path / name, model, optimizer, "cpu")
+        except ValueError as exc:
+            messages[name] = str(exc)
+    linear = messages.get("module.pt", "")
+    if "torch.nn.modules.linear.Linear" not in linear or "GLOBAL" in linear:
+        fail(f"load_checkpoint() on a pickled nn.Linear said {linear!r}. Expected the message "
+             f"to name the class it found as Python spells it, torch.nn.modules.linear.Linear, "
+             f"without pickle's internal opcode (GLOBAL): it tells whoever saved the file "
+             f"which object to replace by its state_dict.")
+    mismatch = messages.get("other.pt", "")
+    if not torch_says or f"({torch_says})" not in mismatch:
+        fail(f"load_checkpoint() on another model's checkpoint said {mismatch!r}. Expected it to "
+             f"quote, in parentheses, the first 150 characters of PyTorch's own error on one "
+             f"line ({torch_says!r}): the start of that error names the first layer whose "
+             f"shape differs, and a longer quote would bury the one-line message in detail.")
 
 
 # --- resuming ------------------------------------------------------------------------------
@@ -526,6 +563,47 @@ def test_interrupted_save_raises_and_leaves_no_partial_file(tmp_path, monkeypatc
              f"one behind.")
 
 
+def refuse_new_files(folder: Path, monkeypatch) -> None:
+    """Make every open() of a file in ``folder`` fail with PermissionError, as in a folder the
+    user may not write to (chmod cannot show it: the tests may run as root)."""
+    folder = folder.resolve()
+
+    def refused(file) -> bool:
+        return (isinstance(file, (str, os.PathLike))
+                and Path(os.path.realpath(file)).parent == folder)
+
+    def guard(real):
+        def opener(file, *args, **kwargs):
+            if refused(file):
+                raise PermissionError(errno.EACCES, "Permission denied (simulated)", str(file))
+            return real(file, *args, **kwargs)
+        return opener
+
+    monkeypatch.setattr(builtins, "open", guard(builtins.open))
+    monkeypatch.setattr(io, "open", guard(io.open))
+    monkeypatch.setattr(os, "open", guard(os.open))
+
+
+def test_save_that_cannot_start_reports_why(tmp_path, monkeypatch):
+    """When not even the temporary file can be created, the caller gets that error itself."""
+    model, optimizer = trained("cpu")
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    with monkeypatch.context() as m:
+        refuse_new_files(folder, m)
+        try:
+            checkpoint.save_checkpoint(folder / "ckpt.pt", model, optimizer, 1)
+            error = None
+        except Exception as exc:  # noqa: BLE001 - which error arrives is the finding
+            error = exc
+    if not isinstance(error, PermissionError):
+        seen = f"{type(error).__name__}: {error}" if error else "no error"
+        fail(f"save_checkpoint into a folder where no file may be created gave {seen}. "
+             f"Expected the PermissionError that stopped the save: cleaning up after a failure "
+             f"must not replace the error that explains it, and the temporary file may not "
+             f"exist yet when the failure comes.")
+
+
 def record_file_operations(monkeypatch) -> list[tuple]:
     """Record os.fsync (with the inode synced) and os.replace / os.rename calls, in order."""
     events: list[tuple] = []
@@ -582,6 +660,20 @@ def test_save_reaches_the_disk_before_the_rename(tmp_path, monkeypatch):
 
 
 # --- the script: python train.py -------------------------------------------------------------
+
+
+def test_script_help_says_what_it_does(capsys):
+    """`python train.py --help` describes the script with its docstring's first line."""
+    first = (train.resolve().__doc__ or "").strip().splitlines()[0]
+    ended = how_script_ended(train.main, ["--help"])
+    out = capsys.readouterr().out
+    if ended != "exited with status 0, as if all went well":
+        fail(f"`python train.py --help` {ended or 'exited with an error'}; expected argparse "
+             f"to print the help and exit with status 0.")
+    if first not in " ".join(out.split()):  # argparse wraps the description
+        fail(f"`python train.py --help` printed {out[:300]!r}; expected it to describe the "
+             f"script with its docstring's one-line summary, {first!r}: the first thing a "
+             f"person who runs --help wants to know is what the script does.")
 
 
 def exits_cleanly(argv: list[str]) -> str:
@@ -683,3 +775,37 @@ def test_script_resumes_from_runs_and_says_where(tmp_path, capsys, monkeypatch):
     if str(path.resolve()) not in runs["first"] and str(path) not in runs["first"]:
         fail(f"`train.py` did not print where it saved the checkpoint; it printed:\n"
              f"{runs['first'][-300:]}")
+
+
+@trains
+def test_script_data_is_the_documented_blobs():
+    """make_data(seed) is make_blobs(n_samples=600, centers=3, cluster_std=2.0,
+    random_state=seed) as the README states, with seed 0 by default, like --seed."""
+    from sklearn.datasets import make_blobs
+
+    for args in ((), (5,)):
+        x, y = make_blobs(n_samples=600, centers=3, cluster_std=2.0,
+                          random_state=args[0] if args else 0)
+        got = call(train.make_data, *args, what=f"make_data({', '.join(map(str, args))})")
+        tensors = getattr(got, "tensors", ())
+        if (len(tensors) != 2 or tensors[0].shape != x.shape
+                or not torch.equal(tensors[0], torch.from_numpy(x).float())
+                or not torch.equal(tensors[1], torch.from_numpy(y).long())):
+            shapes = [tuple(t.shape) for t in tensors]
+            fail(f"make_data({', '.join(map(str, args))}) gave tensors of shapes {shapes} that "
+                 f"differ from make_blobs(n_samples=600, centers=3, cluster_std=2.0, "
+                 f"random_state={args[0] if args else 0}). The README states the data "
+                 f"train.py learns from, seed 0 unless --seed says otherwise: the losses a "
+                 f"learner compares between runs, and with the figures quoted, depend on it.")
+
+
+@trains
+@requires("test_script_help_says_what_it_does")
+def test_script_runs_when_started_as_a_file(capsys):
+    """`python train.py --help` runs main(): the guard at the end of the file lets it."""
+    ended = run_as_main(train.resolve().__file__, ["--help"])
+    out = capsys.readouterr().out
+    if ended == "returned" or "--fresh" not in out:
+        fail(f"`python train.py --help` {ended} and printed {out[:200]!r}; expected the help. "
+             f"Run as a file, a script's module is named '__main__', and the block at its end "
+             f"decides whether main() runs.")
