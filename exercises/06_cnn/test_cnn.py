@@ -29,8 +29,10 @@ from torchkata.checks import (
     fail,
     how_script_ended,
     network_attempts,
+    run_as_main,
     run_script,
     shared,
+    shell_argv,
 )
 from torchkata.vision_files import write_mnist
 
@@ -511,6 +513,31 @@ def test_load_defaults_to_every_shipped_digit(monkeypatch):
                  f"nothing here.")
 
 
+def test_load_takes_the_dataset_name_as_the_command_line_gives_it(monkeypatch):
+    """load('corrupt') with the name read from a command line (a str made at run time, equal
+    to the literal but another object) is the offline corrupted digits."""
+    calls = []
+
+    def corrupt_mnist(n_train=4000, n_test=1000, *args, **kwargs):  # records its sizes
+        calls.append((n_train, n_test))
+        return TensorDataset(torch.zeros(0)), TensorDataset(torch.zeros(0))
+
+    monkeypatch.setattr(data.resolve(), "corrupt_mnist", corrupt_mnist)
+    monkeypatch.setattr(data.resolve(), "torchvision_digits",  # no files, no network
+                        lambda name, *args, **kwargs: calls.append(f"torchvision {name!r}"))
+    name = shell_argv(["corrupt"])[0]  # as `python main.py train --dataset corrupt` has it
+    try:
+        data.load(name, "unused", 7, 3)
+    except Exception:  # noqa: BLE001,S110 - what it asked for is the finding
+        pass
+    if calls != [(7, 3)]:
+        fail(f"load('corrupt', root, 7, 3), with the name as `--dataset corrupt` on a command "
+             f"line hands it over, asked for {calls or 'nothing'}; expected the offline "
+             f"corrupted digits, as when the name is written in the code. A name typed by a "
+             f"user is a new string that equals 'corrupt' but is not the same object: whatever "
+             f"decides the data set must compare the names' text, not their identity.")
+
+
 def test_torchvision_digits_stay_offline_by_default(tmp_path, monkeypatch):
     """torchvision_digits does not try to download unless it is asked to."""
     attempts = network_attempts(monkeypatch)
@@ -910,6 +937,46 @@ def test_evaluate_explains_a_missing_or_broken_checkpoint(tmp_path, device):
                  f"an expected mistake of whoever runs the tool, not a bug in it.")
 
 
+def _refusal(path) -> str:
+    """The message of the ValueError load_checkpoint(path, cpu) raises ('' if none)."""
+    try:
+        main.load_checkpoint(str(path), torch.device("cpu"))
+    except ValueError as exc:
+        return str(exc)
+    except Exception:  # noqa: BLE001,S110 - test_evaluate_explains_... reports other outcomes
+        pass
+    return ""
+
+
+@requires("test_evaluate_explains_a_missing_or_broken_checkpoint")
+def test_load_checkpoint_says_what_is_wrong_with_the_file(tmp_path):
+    """load_checkpoint's ValueError names the class a pickled file holds (as Python spells
+    it); for another model's weights it quotes torch's reason on one line, cut after its first
+    150 characters and marked "...", so that the message stays one readable line."""
+    pickled, other = tmp_path / "obj.pt", tmp_path / "other.pt"
+    torch.save(nn.Sequential(nn.Linear(2, 2)), pickled)
+    state = {"weight": torch.zeros(3)}
+    torch.save(state, other)
+    said = _refusal(pickled)
+    name = "torch.nn.modules.container.Sequential"
+    if name not in said or "GLOBAL" in said:
+        fail(f"load_checkpoint() of a pickled nn.Sequential said {said!r}. Expected the message "
+             f"to name the object the file holds by its import path, {name}, and nothing of "
+             f"pickle's own vocabulary (its GLOBAL opcode): whoever reads it needs to know "
+             f"which object was saved instead of a state_dict, not how pickle stores it.")
+    try:
+        model.Net().load_state_dict(state)
+        reason = ""
+    except Exception as exc:  # noqa: BLE001 - torch's own explanation is the oracle
+        reason = " ".join(str(exc).split())
+    said = _refusal(other)
+    if len(reason) > 150 and (f"{reason[:150]}..." not in said or "\n" in said):
+        fail(f"load_checkpoint() of another model's state_dict said {said!r}. Expected torch's "
+             f"reason ({len(reason)} characters: it lists every missing key) on one line, its "
+             f"first 150 characters followed by '...': enough to see which keys do not match, "
+             f"short enough to read at a glance.")
+
+
 def test_command_line_rejects_nonsense_arguments(tmp_path, monkeypatch):
     """Counts must be positive and devices real: argparse refuses them before any work."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a laptop without a GPU
@@ -961,21 +1028,28 @@ def test_command_line_needs_a_command():
              f"command (train or evaluate) is required, with a non-zero exit.")
 
 
-def test_script_runs_main_when_run_as_a_file(monkeypatch):
-    """`python main.py train --epochs 0` runs main(), which refuses the value with exit 2."""
-    import runpy
-
-    path = main.resolve().__file__
-    for name, module in (("data", data), ("model", model)):  # what main.py imports
-        monkeypatch.setitem(sys.modules, name, module.resolve())
-    monkeypatch.setattr(sys, "argv", [path, "train", "--epochs", "0"])
+def test_command_line_help_says_what_it_does(capsys):
+    """`python main.py --help` describes the script with its docstring's first line."""
+    first = (main.resolve().__doc__ or "").strip().splitlines()[0]
     try:
-        runpy.run_path(path, run_name="".join(["__", "main__"]))  # a fresh string, as Python's
-        code = "no exit: it returned without running main()"
-    except SystemExit as exc:
-        code = exc.code
-    if code != 2:
-        fail(f"python main.py train --epochs 0 ended with {code!r}; expected main() to run and "
+        main.main(["--help"])
+    except SystemExit:
+        pass
+    out = capsys.readouterr().out
+    if first not in " ".join(out.split()):  # argparse wraps the description
+        fail(f"`python main.py --help` printed {out[:300]!r}; expected it to describe the "
+             f"script with the one-line summary at the top of main.py's docstring, "
+             f"{first!r}: the first thing whoever meets the tool reads.")
+
+
+def test_script_runs_main_when_run_as_a_file(capsys):
+    """`python main.py train --epochs 0` runs main(), which refuses the value with exit 2."""
+    ended = run_as_main(main.resolve().__file__, ["train", "--epochs", "0"])
+    capsys.readouterr()
+    if ended != "exited with status 2":
+        if ended == "returned":
+            ended = "ended with no exit: it returned without running main()"
+        fail(f"python main.py train --epochs 0 {ended}; expected main() to run and "
              f"refuse the value (exit status 2). Run as a file, a script's module is named "
              f"'__main__', and the block at its end decides whether main() runs.")
 
