@@ -29,6 +29,7 @@ from torchkata.checks import (
     call,
     fail,
     how_script_ended,
+    run_as_main,
     shared,
     shell_argv,
 )
@@ -986,6 +987,29 @@ def test_train_script_reports_what_it_did(monkeypatch, tmp_path):
              f"model and the 3 tokens it wrote after the separator.")
 
 
+@pytest.mark.trains
+@pytest.mark.requires("test_train_script_reports_what_it_did")
+def test_train_script_scores_every_run_on_the_same_sequences(monkeypatch, tmp_path):
+    """The report's 1000 sequences are the README's: torch.randint(vocab, (1000, length))
+    from a generator seeded 1, whatever --seed the training batches come from."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    recording_training(monkeypatch)
+    scored = recording(monkeypatch, "reversal_accuracy")
+    argv = shell_argv(["--length", "3", "--vocab", "3", "--dim", "8", "--heads", "2",
+                       "--seed", "4", "--out", str(tmp_path / "reverse.pt")])
+    _, ended = run_main(argv)
+    x = scored[-1][0][1] if scored else None
+    expected = torch.randint(3, (1000, 3), generator=generator(1))
+    if ended or x is None or x.shape != expected.shape or not torch.equal(x.cpu(), expected):
+        fail(f"train.py {' '.join(argv[:-2])} (its training replaced by a recorder) "
+             f"{ended or 'ran'} and scored the model on "
+             f"{'nothing' if x is None else f'{len(x)} sequences'} that are not the ones the "
+             f"README describes (1000 sequences of torch.randint from a generator seeded 1, "
+             f"the same whatever --seed is). Expected that fixed set: runs with other "
+             f"settings or seeds are then scored on the same sequences, so their accuracies "
+             f"can be compared, and they match the figures quoted in the README.")
+
+
 def test_train_script_help_says_what_it_does(capsys):
     """python train.py --help starts with the first line of the script's docstring."""
     first_line = train.resolve().__doc__.splitlines()[0]
@@ -999,26 +1023,11 @@ def test_train_script_help_says_what_it_does(capsys):
 
 @pytest.mark.trains
 @pytest.mark.requires("test_train_script_help_says_what_it_does")
-def test_train_script_runs_when_started_as_a_file(monkeypatch, capsys):
+def test_train_script_runs_when_started_as_a_file(capsys):
     """`python train.py --help` runs main(): the guard at the end of the file lets it."""
-    import runpy
-    import sys
-    from pathlib import Path
-
-    path = Path(train.resolve().__file__)
-    monkeypatch.syspath_prepend(str(path.parent))  # as `python train.py` puts it first
-    monkeypatch.setattr(sys, "argv", shell_argv([str(path), "--help"]))
-    siblings = {"attention", "transformer"}  # imported by their bare names
-    saved = {name: sys.modules.pop(name) for name in siblings if name in sys.modules}
-    code = "returned without running main()"
-    try:
-        runpy.run_path(str(path), run_name="".join(["__", "main__"]))  # the interpreter's str
-    except SystemExit as exc:
-        code = f"exited with status {exc.code!r}"
-    finally:
-        for name in siblings:
-            sys.modules.pop(name, None)
-        sys.modules.update(saved)
+    code = run_as_main(train.resolve().__file__, ["--help"])
+    if code == "returned":
+        code = "returned without running main()"
     out = capsys.readouterr().out
     if "usage:" not in out or code != "exited with status 0":
         fail(f"python train.py --help {code} and printed {out.strip()[:200]!r}; expected "
