@@ -858,8 +858,9 @@ def test_train_one_epoch_reports_the_mean_loss_of_its_batches(device):
 
 @pytest.mark.trains
 def test_train_one_epoch_covers_every_batch_or_max_steps(device, capsys):
-    """Without max_steps an epoch takes every batch once; with max_steps=k, exactly k. By
-    default the batches keep their memory layout and no progress bar is drawn."""
+    """Without max_steps an epoch takes every batch once; with max_steps=k, exactly k, for a
+    k of 2 as for one of 300. By default the batches keep their memory layout and no
+    progress bar is drawn."""
     x, y = data.coloured_shapes(n=5, classes=4, seed=7)  # 20 images: 5 batches of 4
     loader = DataLoader(TensorDataset(x, y), batch_size=4)
     for max_steps, wanted in ((None, 5), (2, 2)):
@@ -884,6 +885,18 @@ def test_train_one_epoch_covers_every_batch_or_max_steps(device, capsys):
                  f"{len(steps)} training steps; expected {wanted}. An epoch sees every "
                  f"batch once, and max_steps caps it at exactly that many steps (the dry run "
                  f"and quick experiments rely on it).")
+    g = torch.Generator().manual_seed(0)  # a tiny model: 300 steps take a blink
+    x, y = torch.randn(301, 3, 2, 2, generator=g), torch.arange(301) % 4
+    model, steps = nn.Sequential(nn.Flatten(), nn.Linear(12, 4)).to(device), []
+    model.register_forward_pre_hook(lambda m, i: steps.append(1))
+    call(train.train_one_epoch, model, DataLoader(TensorDataset(x, y), batch_size=1),
+         torch.optim.SGD(model.parameters(), lr=0.0), device, max_steps=300,
+         what="train_one_epoch(..., max_steps=300) on 301 batches")
+    if len(steps) != 300:
+        fail(f"train_one_epoch(..., max_steps=300) on a loader of 301 batches ran "
+             f"{len(steps)} training steps; expected 300, as max_steps=2 gave 2. A cap that "
+             f"holds for small numbers only fails `--max-steps 300` from the command line: "
+             f"the step count must be compared with max_steps as a number, by its value.")
 
 
 class _Bar:
@@ -1383,6 +1396,30 @@ def test_script_help_says_what_it_does(capsys):
 
 @pytest.mark.trains
 @pytest.mark.requires("test_script_from_scratch_uses_its_documented_settings")
+def test_script_starts_from_the_same_weights_every_run(tmp_path, monkeypatch, capsys):
+    """`train.py` seeds torch with 0 before it builds its model (the README says so): a run
+    from scratch starts from the weights that torch.manual_seed(0) and then
+    ResNet18(10, width, zero_init_residual=True) give, whatever torch's state before."""
+    torch.manual_seed(1234)  # not 0: only the script's own seed may decide its weights
+    epochs, _ = run_main(shell_argv(["--epochs", "1", "--width", "8"]), tmp_path, monkeypatch,
+                         capsys)
+    started = epochs[0]["model"].state_dict() if len(epochs) == 1 else {}
+    torch.manual_seed(0)
+    expected = call(resnet.ResNet18, 10, width=8, zero_init_residual=True,
+                    what="ResNet18(10, width=8, zero_init_residual=True)").state_dict()
+    differ = [k for k, v in expected.items()
+              if k not in started or not torch.equal(started[k].cpu(), v)]
+    if differ:
+        fail(f"`train.py --width 8` started training from weights that differ in "
+             f"{len(differ)} of {len(expected)} tensors (e.g. {differ[:2]}) from those of "
+             f"ResNet18(10, width=8, zero_init_residual=True) built right after "
+             f"torch.manual_seed(0). The README promises runs seeded with 0: the same command "
+             f"must start from the same weights, so that two runs can be compared and a "
+             f"change in the results means a change in the code, not luck.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_script_from_scratch_uses_its_documented_settings")
 def test_script_builds_a_full_width_model_and_drops_incomplete_batches(tmp_path, monkeypatch,
                                                                       capsys):
     """`train.py --dataset fake` builds ResNet18(10, width=64, zero_init_residual=True) and
@@ -1408,30 +1445,36 @@ def test_script_builds_a_full_width_model_and_drops_incomplete_batches(tmp_path,
 def test_script_uses_the_gpu_when_there_is_one_unless_told_otherwise(tmp_path, monkeypatch,
                                                                       capsys):
     """With a CUDA GPU with bfloat16 (pretended here), `train.py` trains on it in bfloat16
-    autocast with channels_last and pinned loader memory; `--device cuda` is accepted;
+    autocast with the model and its batches in channels_last and pinned loader memory;
+    `--device cuda` is accepted;
     `--device cpu` and `--device mps` (an MPS device pretended too) mean float32 and
     neither speed-up."""
     recording_models(monkeypatch, gpu=True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
     cuda = {"device": "cuda", "amp_dtype": torch.bfloat16, "channels_last": True,
-            "pin_memory": True}
+            "channels_last model": True, "pin_memory": True}
+    others = {"amp_dtype": None, "channels_last": False, "channels_last model": False,
+              "pin_memory": False}
     for argv, wanted in (([], cuda), (["--device", "cuda"], cuda),
-                         (["--device", "cpu"], {"device": "cpu", "amp_dtype": None,
-                                                "channels_last": False, "pin_memory": False}),
-                         (["--device", "mps"], {"device": "mps", "amp_dtype": None,
-                                                "channels_last": False, "pin_memory": False})):
+                         (["--device", "cpu"], {"device": "cpu", **others}),
+                         (["--device", "mps"], {"device": "mps", **others})):
         argv = shell_argv([*argv, "--epochs", "1", "--width", "8"])
         epochs, _ = run_main(argv, tmp_path, monkeypatch, capsys, gpu=True)
         run = epochs[0] if len(epochs) == 1 else {}
+        weight = run["model"].conv1.weight if "model" in run else torch.empty(0)
         got = {"device": str(run.get("device")), "amp_dtype": run.get("amp_dtype"),
                "channels_last": run.get("channels_last"),
+               "channels_last model": weight.dim() == 4 and not weight.is_contiguous()
+               and weight.is_contiguous(memory_format=torch.channels_last),
                "pin_memory": getattr(run.get("loader"), "pin_memory", None)}
         if got != wanted:
             wrong = {k: v for k, v in got.items() if v != wanted[k]}
             fail(f"`train.py {' '.join(argv)}` with a CUDA GPU and an MPS device available "
                  f"(pretended) trained with {wrong}; expected { {k: wanted[k] for k in wrong} }."
                  f" 'auto' picks CUDA when it is there, and on CUDA the GPU speed-ups are on "
-                 f"(bfloat16 where supported); on any other device, none of them.")
+                 f"(bfloat16 where supported; channels_last for the model's weights as for "
+                 f"its batches, or each convolution converts one of them); on any other "
+                 f"device, none of them.")
 
 
 @pytest.mark.trains
