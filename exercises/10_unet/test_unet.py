@@ -640,6 +640,29 @@ def test_train_step_autocasts_only_when_asked(device):
                  f"is given), the loss in float32 and float32 weights.")
 
 
+def test_train_step_leaves_parameters_its_loss_does_not_reach(device):
+    """A parameter the loss does not reach keeps its value: train_step clears the old
+    gradients to None (not to zeros), so the optimizer skips it, weight decay included."""
+    net = torch.nn.ModuleDict({"used": torch.nn.Linear(4, 3), "spare": torch.nn.Linear(4, 3)})
+    net = net.to(device)
+    forward = lambda x: net["used"](x)  # noqa: E731 - "spare" is a head for another task
+    for p in net["spare"].parameters():
+        p.grad = torch.ones_like(p)  # left over from a step on the other task
+    spare = [p.detach().clone() for p in net["spare"].parameters()]
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, weight_decay=0.1)
+    x, y = torch.randn(6, 4, device=device), torch.arange(6, device=device) % 3
+    call(train.train_step, forward, optimizer, F.cross_entropy, x, y,
+         what="train_step(model, SGD(weight_decay=0.1), cross_entropy, x, y)")
+    moved = [i for i, (p, q) in enumerate(zip(net["spare"].parameters(), spare))
+             if not torch.equal(p.detach(), q)]
+    if moved:
+        fail(f"train_step moved {len(moved)} tensor(s) of a head that its loss does not "
+             f"reach (it had gradients from an earlier step). The old gradients must be "
+             f"cleared to None, not to zeros: a zero gradient still lets weight decay (AdamW's "
+             f"too) and momentum move a weight, while the optimizer skips a parameter without "
+             f"one.")
+
+
 class NearestClass(torch.nn.Module):
     """A fixed 'network' for the metric: each pixel's logits say how close its brightness is
     to each class index 0, 1, 2."""
@@ -1159,7 +1182,7 @@ def recording_script(monkeypatch, gpu: bool = False) -> dict:
 
     recording("fit", lambda a: [{"epoch": 1, "loss": 1.0, "dice": 0.5}])
     recording("synthetic_pairs", lambda a: blank(a["n"], a["size"], 1))
-    recording("sbd", lambda a: blank(12, 40, 3))
+    recording("sbd", lambda a: blank(600, 40, 3))  # more than a synthetic run's 512
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
@@ -1290,7 +1313,8 @@ def test_script_uses_the_gpu_when_there_is_one_unless_told_otherwise(monkeypatch
 @pytest.mark.requires("test_script_hands_its_defaults_to_fit")
 def test_script_trains_on_sbd_in_rgb_at_256_pixels(monkeypatch, tmp_path):
     """`python train.py --dataset sbd --download` reads SBD's train and val parts (allowed to
-    download), and trains a U-Net from 3 channels to SBD's 21 classes on 256 x 256 images."""
+    download), and trains a U-Net from 3 channels to SBD's 21 classes on 256 x 256 images,
+    on every image of each part (600 each in the stand-in here)."""
     calls = recording_script(monkeypatch, gpu=False)
     argv = shell_argv(["--dataset", "sbd", "--download", "--data-dir", str(tmp_path / "sbd"),
                        "--checkpoint", str(tmp_path / "unet.pt")])
@@ -1301,22 +1325,70 @@ def test_script_trains_on_sbd_in_rgb_at_256_pixels(monkeypatch, tmp_path):
              f"{len(calls['synthetic_pairs'])} synthetic sets; expected SBD's train and val "
              f"parts, with download allowed, and no synthetic images.")
     compare_options(argv, got, {"num_classes": 21, "in_channels": 3, "roi_size": 256,
-                                "sample": ((3, 256, 256), (1, 256, 256))},
+                                "sample": ((3, 256, 256), (1, 256, 256)),
+                                "images": (600, 600)},
                     "SBD's photos are RGB, its masks hold the background and PASCAL VOC's 20 "
-                    "object classes, and its default size is 256.")
+                    "object classes, and its default size is 256; a real run trains and "
+                    "validates on all of SBD's images (only a dry run takes a few).")
 
 
 @pytest.mark.trains
 @pytest.mark.requires("test_script_hands_its_defaults_to_fit")
 def test_dry_run_is_one_epoch_of_two_small_batches(monkeypatch, tmp_path):
     """`python train.py --dry-run` trains 1 epoch on 8 images in batches of 4, validates on
-    4, and loads them in the main process."""
+    4, and loads them in the main process, on synthetic images as on SBD (600 images in
+    each part of the stand-in here)."""
     calls = recording_script(monkeypatch, gpu=False)
+    (tmp_path / "sbd" / "img").mkdir(parents=True)  # SBD is there: nothing to download
+    for argv in ([], ["--dataset", "sbd", "--data-dir", str(tmp_path / "sbd")]):
+        argv = shell_argv(["--dry-run", *argv, "--checkpoint", str(tmp_path / "unet.pt")])
+        got = fit_options(run_main(argv, calls))
+        compare_options(argv, got, {"epochs": 1, "batch_size": (4, 4), "images": (8, 4),
+                                    "workers": (0, False)},
+                        "A dry run is a smoke test, whatever the dataset: two batches of "
+                        "training, one of validation.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_dry_run_is_one_epoch_of_two_small_batches",
+                      "test_synthetic_pairs_follow_their_arguments")
+def test_script_draws_its_data_and_weights_from_the_documented_seeds(monkeypatch, tmp_path):
+    """As the README says, `python train.py` trains on synthetic_pairs(512, seed=0),
+    validates on synthetic_pairs(64, seed=1), and builds its U-Net right after
+    torch.manual_seed(0), whatever torch's state before: a dry run (the first 8 and 4 of
+    those images) shows each."""
+    module = train.resolve()
+    draw = module.synthetic_pairs
+    calls = recording_script(monkeypatch, gpu=False)
+    monkeypatch.setattr(module, "synthetic_pairs", draw)  # the real images, as the script draws
+    monkeypatch.setattr(module, "train_transforms", module.val_transforms)  # no random moves
+    torch.manual_seed(1234)  # not 0: only the script's own seed may decide its weights
     argv = ["--dry-run", "--checkpoint", str(tmp_path / "unet.pt")]
-    got = fit_options(run_main(argv, calls))
-    compare_options(argv, got, {"epochs": 1, "batch_size": (4, 4), "images": (8, 4),
-                                "workers": (0, False)},
-                    "A dry run is a smoke test: two batches of training, one of validation.")
+    got = run_main(argv, calls)
+    for part, loader, n, seed in (("training", got["train_loader"], 8, 0),
+                                  ("validation", got["val_loader"], 4, 1)):
+        wanted = data.PairsAsDicts(data.synthetic_pairs(n, 64, 3, seed=seed),
+                                   transforms.val_transforms(64))
+        same = len(loader.dataset) == n and all(
+            np.array_equal(as_array(loader.dataset[i][k]), as_array(wanted[i][k]))
+            for i in range(n) for k in ("image", "label"))
+        if not same:
+            fail(f"`python train.py --dry-run` gave fit {len(loader.dataset)} {part} images "
+                 f"that are not the first {n} of synthetic_pairs(..., seed={seed}) at 64 "
+                 f"pixels. The README names the seeds of the training and validation images: "
+                 f"the same command must see the same data every run, so that runs can be "
+                 f"compared and a change in the Dice means a change in the code.")
+    torch.manual_seed(0)
+    expected = call(model.build_unet, 1, 3, what="build_unet(1, 3)").state_dict()
+    started = got["model"].state_dict()
+    differ = [k for k, v in expected.items()
+              if k not in started or not torch.equal(started[k].cpu(), v)]
+    if differ:
+        fail(f"`python train.py --dry-run` handed fit a U-Net whose weights differ in "
+             f"{len(differ)} of {len(expected)} tensors (e.g. {differ[:2]}) from those of "
+             f"build_unet(1, 3) built right after torch.manual_seed(0). The README promises "
+             f"runs seeded with 0: the same command must start from the same weights, so "
+             f"that two runs can be compared, and a change in the results is not luck.")
 
 
 @pytest.mark.trains
