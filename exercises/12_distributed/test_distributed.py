@@ -20,7 +20,10 @@ every OS.)
 """
 
 import contextlib
+import datetime
 import faulthandler
+import importlib.util
+import inspect
 import io
 import os
 import pickle
@@ -45,7 +48,7 @@ from torch.optim.optimizer import (
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
 from torchkata import under_test
-from torchkata.checks import call, fail, run_as_main
+from torchkata.checks import call, fail, how_script_ended, run_as_main
 
 ddp = under_test("ddp")
 train = under_test("train")
@@ -235,6 +238,45 @@ def test_make_data_is_four_blobs_at_the_corners_of_a_square():
              f"expected (5, 4), one logit per class of make_data().")
 
 
+@pytest.mark.requires("test_make_data_is_four_blobs_at_the_corners_of_a_square")
+def test_make_data_draws_the_points_the_readme_describes():
+    """make_data(seed): labels, then offsets from the centres, from one generator seeded seed."""
+    centres = torch.tensor([[-2.0, -2.0], [-2.0, 2.0], [2.0, -2.0], [2.0, 2.0]])
+    for seed in (0, 1):
+        train_set, val_set = call(train.make_data, seed, what=f"make_data({seed})")
+        x = torch.cat([train_set.tensors[0], val_set.tensors[0]])  # (768, 2)
+        y = torch.cat([train_set.tensors[1], val_set.tensors[1]])  # (768,)
+        g = torch.Generator().manual_seed(seed)
+        labels = torch.randint(4, (768,), generator=g)
+        offsets = torch.randn(768, 2, generator=g)
+        if not torch.equal(y, labels):
+            fail(f"make_data({seed}) labels its points differently from the README's draw "
+                 f"(torch.randint(4, (768,)) from a torch.Generator seeded {seed}) at "
+                 f"{(y != labels).sum().item()} of 768 points. Expected the documented data "
+                 f"set: every rank builds its own copy, and the copies must agree point for "
+                 f"point, run after run.")
+        diff = (x - centres[y] - offsets).abs().max().item()
+        if diff > 1e-6:
+            fail(f"make_data({seed}) places its points up to {diff:.2f} away from where the "
+                 f"README's draw puts them (each label's centre plus the offset "
+                 f"torch.randn(768, 2) draws next from the same generator). Expected the "
+                 f"documented points: the same points on every rank and in every run, so that "
+                 f"runs can be compared and the README's description holds.")
+
+
+def test_make_model_is_the_documented_mlp():
+    """make_model(): 2 -> 32 -> 4, one hidden layer; its knobs set each width."""
+    for args, (inp, hidden, out) in (((), (2, 32, 4)), ((3, 5, 6), (3, 5, 6))):
+        model = call(train.make_model, *args, what=f"make_model{args}")
+        got = [tuple(p.shape) for p in model.parameters()]
+        expected = [(hidden, inp), (hidden,), (out, hidden), (out,)]
+        if got != expected:
+            fail(f"make_model{args} has parameters of shapes {got}; expected {expected}: an "
+                 f"MLP {inp} -> {hidden} -> {out} (in_features -> hidden -> num_classes, with "
+                 f"the defaults the README states). The width is part of the model: a "
+                 f"checkpoint loads only into a model of the same shapes.")
+
+
 def test_loopback_interface_exists_on_this_machine():
     """ddp.LOOPBACK_INTERFACE is this machine's loopback ('lo' on Linux, 'lo0' on macOS)."""
     names = [name for _, name in socket.if_nameindex()]
@@ -243,6 +285,26 @@ def test_loopback_interface_exists_on_this_machine():
              f"({sys.platform}) has the interfaces {names}. gloo binds its connections to the "
              f"interface named in GLOO_SOCKET_IFNAME: one that does not exist stops the launch "
              f"before the first rank connects.")
+
+
+@pytest.mark.requires("test_loopback_interface_exists_on_this_machine")
+def test_loopback_interface_is_lo0_on_macos_and_lo_on_linux(monkeypatch):
+    """ddp.py imported where sys.platform is 'darwin' names 'lo0'; where it is 'linux', 'lo'."""
+    path = Path(ddp.resolve().__file__)
+    for platform, expected in (("darwin", "lo0"), ("linux", "lo")):
+        spec = importlib.util.spec_from_file_location(f"ddp_on_{platform}", path)
+        module = importlib.util.module_from_spec(spec)
+        with monkeypatch.context() as patch:
+            # a str made at run time, as the interpreter's sys.platform is (not a literal)
+            patch.setattr(sys, "platform", platform.encode().decode())
+            call(spec.loader.exec_module, module,
+                 what=f"importing ddp.py where sys.platform is {platform!r}")
+        if module.LOOPBACK_INTERFACE != expected:
+            fail(f"Imported where sys.platform is {platform!r}, ddp.py sets LOOPBACK_INTERFACE "
+                 f"to {module.LOOPBACK_INTERFACE!r}; expected {expected!r}, that system's "
+                 f"name for the loopback interface. gloo binds to the interface in "
+                 f"GLOO_SOCKET_IFNAME: a name the system does not have stops every launch "
+                 f"there before the first rank connects.")
 
 
 def test_free_port_is_one_the_os_picked_and_nothing_holds():
@@ -259,6 +321,29 @@ def test_free_port_is_one_the_os_picked_and_nothing_holds():
             fail(f"free_port() returned {port}, but binding a new socket to it failed ({exc}); "
                  f"expected a port that nothing holds once free_port() returns, so that rank "
                  f"0 can listen on it.")
+
+
+def test_setup_joins_the_group_with_the_given_time_limit(monkeypatch):
+    """setup(timeout_s) hands the group timeout_s seconds (60 by default); returns (rank, size)."""
+    joined, signature = [], inspect.signature(dist.init_process_group)
+    monkeypatch.setattr(dist, "init_process_group", lambda *args, **kwargs: joined.append(
+        signature.bind(*args, **kwargs).arguments))
+    monkeypatch.setattr(dist, "get_rank", lambda *args, **kwargs: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda *args, **kwargs: 2)
+    for args, seconds in (((), 60.0), ((2.5,), 2.5)):
+        joined.clear()
+        what = f"setup({', '.join(map(str, args))})"
+        got = call(ddp.setup, *args, what=what + " (init_process_group replaced by a stub)")
+        if got != (1, 2):
+            fail(f"{what} returned {got!r} where the group says rank 1 of 2; expected (1, 2), "
+                 f"(rank, world_size).")
+        timeout = joined[-1].get("timeout") if joined else None
+        if timeout != datetime.timedelta(seconds=seconds):
+            which = "the number it was given" if args else "the documented default, as --timeout's"
+            fail(f"{what} joined the process group with timeout={timeout!r}; expected "
+                 f"{seconds:g} seconds, {which}. "
+                 f"Every collective call waits that long for the other ranks before it "
+                 f"raises: the limit that turns a hang into an error.")
 
 
 class Wrapped(DistributedDataParallel):
@@ -288,6 +373,20 @@ def test_save_checkpoint_creates_its_folder_and_overwrites(tmp_path):
 
 BAD_ARGUMENTS = [["--nproc", "0"], ["--epochs", "0"], ["--batch-size", "-2"], ["--lr", "0"],
                  ["--lr", "-0.1"], ["--timeout", "0"], ["--timeout", "-1"]]
+
+
+def test_script_help_says_what_it_does(capsys):
+    """`python train.py --help` describes the script with its docstring's first line."""
+    first = (train.resolve().__doc__ or "").strip().splitlines()[0]
+    ended = how_script_ended(train.main, ["--help"])
+    out = capsys.readouterr().out
+    if ended != "exited with status 0, as if all went well":
+        fail(f"`python train.py --help` {ended or 'exited with an error'}; expected argparse "
+             f"to print the help and exit with status 0.")
+    if first not in " ".join(out.split()):  # argparse wraps the description
+        fail(f"`python train.py --help` printed {out[:300]!r}; expected it to describe the "
+             f"script with its docstring's one-line summary, {first!r}: the first thing a "
+             f"person who runs --help wants to know is what the script does.")
 
 
 def test_script_launches_with_the_documented_defaults(monkeypatch):
@@ -385,6 +484,18 @@ def where(stack_file: Path, folder: Path) -> str:
     return ""
 
 
+class Printed(io.StringIO):
+    """A rank's stdout: also notes how much had been written at each flush()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushed_at: list[int] = []
+
+    def flush(self) -> None:
+        self.flushed_at.append(len(self.getvalue()))
+        super().flush()
+
+
 def rank_main(rank: int, port: int, folder: Path, out: Path) -> None:
     """One rank, in a forked process: run train.run() and record what it did to out/."""
     torch.set_num_threads(1)  # the parent's OpenMP threads do not exist in a forked child
@@ -431,11 +542,12 @@ def rank_main(rank: int, port: int, folder: Path, out: Path) -> None:
     try:
         cfg = module.Config(epochs=EPOCHS, batch_size=BATCH, lr=0.1, seed=0,
                             timeout=GROUP_TIMEOUT, out=out / "runs")
-        with contextlib.redirect_stdout(io.StringIO()) as printed:
+        with contextlib.redirect_stdout(Printed()) as printed:
             try:
                 returned = module.run(cfg)
             finally:
                 record["printed"] = printed.getvalue()
+                record["flushed_at"] = printed.flushed_at
         record["group_left_open"] = dist.is_initialized()
         record["returned"] = ({k: v for k, v in returned.items() if isinstance(v, (int, float))}
                               if isinstance(returned, dict) else repr(returned)[:200])
@@ -733,3 +845,23 @@ def test_only_rank_0_prints_the_metrics_of_each_epoch(ranks):
              f"loss ..., accuracy ...% ({WORLD_SIZE} processes)' counting from 1, the last with "
              f"the metrics run() returns; rank 1 prints nothing: every rank would print the "
              f"same numbers, and N copies of each line bury the one you want.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_only_rank_0_prints_the_metrics_of_each_epoch")
+def test_rank_0_flushes_each_line_as_it_prints_it(ranks):
+    """Every line rank 0 prints (each epoch's metrics, 'saved ...') is flushed at once."""
+    checks(train.run)
+    zero = ranks.check()[0]
+    end, late = 0, []
+    for line in zero["printed"].splitlines(keepends=True):
+        end += len(line)
+        if end not in zero["flushed_at"]:
+            late.append(line.strip())
+    if late:
+        shown = "\n".join(late)
+        fail(f"In a run on two ranks, rank 0 printed these lines without flushing them:\n"
+             f"{shown}\nExpected each line to be flushed as it is printed. A rank is a "
+             f"process of its own: when its output goes to a pipe or a file (`python train.py "
+             f"| tee log`, a cluster's job log), Python buffers it, and the lines show up late, "
+             f"all at once at the end, or never if the rank is killed.")
