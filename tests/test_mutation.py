@@ -74,3 +74,17 @@ def test_a_rerun_adds_the_recorded_kills_to_its_own(repo, monkeypatch):
     assert asked["only"] == {("tensors.py", 3, "core/AddNot", 0)}
     assert (r["total"], r["counts"]["killed"], r["counts"]["timeout"]) == (10, 9, 1)
     assert mutation.report(r).startswith("00_tensors: score 100.0% = killed 10 / (total 10")
+
+
+def test_a_mutant_that_changes_nothing_is_not_counted():
+    from types import SimpleNamespace
+
+    diff = "--- a/m.py\n+++ b/m.py\n@@ -1 +1 @@\n-x = 1\n+x = 2\n"
+    result = SimpleNamespace(worker_outcome="normal", test_outcome="survived", output="",
+                             diff=diff)
+    assert mutation._outcome(result) == "survived"
+    # cosmic-ray's ExceptionReplacer on a dotted name yields a run with no change at all
+    for empty in ("", None, "--- a/m.py\n+++ b/m.py\n"):
+        result = SimpleNamespace(worker_outcome="exception", test_outcome=None, output="",
+                                 diff=empty)
+        assert mutation._outcome(result) == "no-op"

@@ -218,7 +218,7 @@ def rerun_survivors(name: str, root: Path, select: bool = True) -> dict:
     r = mutate_exercise(name, root, select, only=wanted)
     for k in ("killed", "timeout"):
         r["counts"][k] += old["counts"][k]
-    r["total"] = old["total"]
+    r["total"] = old["total"] - r["counts"].get("no-op", 0)
     print(f"{name}: reran the {len(wanted)} survivors and equivalents of the run of "
           f"{old['date']}; the {old['total'] - len(wanted)} it killed count as killed")
     return r
@@ -274,7 +274,9 @@ def mutate_exercise(name: str, root: Path, select: bool = True,
                 count -= len(skip)
         print(f"{name}: {count} mutants; the suite took {baseline:.1f} s on the reference",
               flush=True)
-        _exec_with_progress([*cr, "exec", str(config), str(session)], tmp, session, count)
+        skipped = 0 if only is None else len(skip)
+        _exec_with_progress([*cr, "exec", str(config), str(session)], tmp, session, count,
+                            skipped)
         mutants = []
         with use_db(str(session), WorkDB.Mode.open) as db:
             for item, result in db.completed_work_items:
@@ -290,8 +292,9 @@ def mutate_exercise(name: str, root: Path, select: bool = True,
             m.outcome = "equivalent"
     matched = {m.key() for m in mutants if m.outcome == "equivalent"}
     counts = {k: sum(m.outcome == k for m in mutants)
-              for k in ("killed", "timeout", "survived", "equivalent", "error")}
-    return {"name": name, "total": len(mutants), "ran": len(mutants), "counts": counts,
+              for k in ("killed", "timeout", "survived", "equivalent", "error", "no-op")}
+    return {"name": name, "total": len(mutants) - counts["no-op"], "ran": len(mutants),
+            "counts": counts,
             "seconds": time.monotonic() - started, "baseline": baseline,
             "survivors": [m for m in mutants if m.outcome in ("survived", "error")],
             "matched": sorted(matched), "stale": sorted(set(equivalent) - matched)}
@@ -302,7 +305,8 @@ def _key(spec) -> tuple[str, int, str, int]:
             spec.occurrence)
 
 
-def _exec_with_progress(command: list[str], cwd: str, session: Path, count: int) -> None:
+def _exec_with_progress(command: list[str], cwd: str, session: Path, count: int,
+                        skipped: int = 0) -> None:
     """Run ``cosmic-ray exec``, printing how many mutants are done about once a minute."""
     from cosmic_ray.work_db import WorkDB, use_db
 
@@ -314,7 +318,7 @@ def _exec_with_progress(command: list[str], cwd: str, session: Path, count: int)
             if time.monotonic() > next_report + 60:
                 next_report = time.monotonic()
                 with use_db(str(session), WorkDB.Mode.open) as db:
-                    done = db.num_results
+                    done = db.num_results - skipped
                 print(f"  {done}/{count} mutants in {time.monotonic() - started:.0f} s",
                       flush=True)
     finally:
@@ -326,6 +330,9 @@ def _exec_with_progress(command: list[str], cwd: str, session: Path, count: int)
 
 
 def _outcome(result) -> str:
+    if not any(ln[:1] in "+-" and ln[:3] not in ("+++", "---")
+               for ln in (result.diff or "").splitlines()):
+        return "no-op"  # cosmic-ray changed nothing (e.g. ExceptionReplacer on a dotted name)
     if result.worker_outcome != "normal" or result.test_outcome == "incompetent":
         return "error"
     if result.test_outcome == "survived":
@@ -344,6 +351,8 @@ def report(r: dict) -> str:
              f"{c['equivalent']}); survived {c['survived']}, timeouts {c['timeout']} (counted "
              f"as killed), errors {c['error']}; {r['seconds']:.0f} s for {r['ran']} mutants "
              f"({per:.1f} s each)"]
+    if c.get("no-op"):
+        lines[0] += f"; {c['no-op']} no-op (cosmic-ray changed nothing: not counted)"
     for m in r["survivors"]:
         lines.append(f"  {m.outcome}: {m.file}:{m.line} ({m.function}) {m.operator} "
                      f"#{m.occurrence}: {m.change()}")
