@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from torch.utils.tensorboard import SummaryWriter
 
 from torchkata import data, under_test
-from torchkata.checks import call, fail, run_as_main
+from torchkata.checks import call, fail, run_as_main, shell_argv
 
 train = under_test("train")
 logs = under_test("logs")
@@ -340,6 +340,23 @@ def test_frame_is_a_ring_of_pure_colour_around_each_image(device):
                  f"level in all three channels.")
 
 
+@pytest.mark.requires("test_frame_is_a_ring_of_pure_colour_around_each_image")
+def test_frame_is_two_pixels_wide(device):
+    """framed(): the frame is 2 pixels wide on every edge, as the README describes it."""
+    grey = torch.full((1, 1, 10, 10), 0.5, device=device)
+    out = call(logs.framed, grey, torch.tensor([True], device=device),
+               what="framed(a grey 10x10 image, correct=[True])")
+    coloured = (out[0].detach().cpu() != 0.5).any(dim=0)  # (10, 10): the frame's pixels
+    lines = {"top": coloured[:, 5], "bottom": coloured[:, 5].flip(0),
+             "left": coloured[5], "right": coloured[5].flip(0)}
+    widths = {edge: int(line.int().cumprod(0).sum()) for edge, line in lines.items()}
+    if set(widths.values()) != {2}:
+        fail(f"framed() draws a frame around a 10x10 image that is, from each edge inwards, "
+             f"{widths} pixels wide; expected 2 pixels on every edge, the frame the README "
+             f"describes: the colour must read at a glance in a grid of small digits, and "
+             f"every pixel it covers is a pixel of the digit you no longer see.")
+
+
 # --- a whole run, read back ------------------------------------------------------------
 
 
@@ -509,6 +526,37 @@ def test_fit_learns_the_digits(run):
              f"train_one_epoch.")
 
 
+@pytest.mark.trains
+@pytest.mark.requires("test_fit_learns_the_digits")
+def test_fit_updates_are_sgd_with_momentum(tmp_path, device):
+    """fit(): SGD with momentum 0.9 on the mean loss, the rate times lr_decay after each epoch."""
+    x, y = digits(48, seed=4)
+    x = logs.normalise(x).to(device)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).to(device)
+    weights = [p.detach().clone() for p in model.parameters()]  # (10, 784), (10,)
+    sets = [torch.utils.data.TensorDataset(x[a:b].cpu(), y[a:b]) for a, b in ((0, 32), (32, 48))]
+    with contextlib.redirect_stdout(io.StringIO()):
+        call(train.fit, model, *sets, tmp_path, epochs=3, lr=0.1, lr_decay=0.5, batch_size=32,
+             device=device, what="fit(model, 32 digits, ..., epochs=3, batch_size=32)")
+    # the spec, by hand: one batch per epoch, so the shuffled order cannot change an update
+    velocity = None
+    for epoch in range(3):
+        weights = [w.requires_grad_() for w in weights]
+        loss = F.cross_entropy(F.linear(x[:32].flatten(1), *weights), y[:32].to(device))
+        grads = torch.autograd.grad(loss, weights)
+        velocity = grads if velocity is None else [0.9 * v + g for v, g in zip(velocity, grads)]
+        weights = [(w - 0.1 * 0.5**epoch * v).detach() for w, v in zip(weights, velocity)]
+    error = max((p.detach() - w).abs().max().item() for p, w in zip(model.parameters(), weights))
+    if not error < 1e-5:
+        fail(f"After 3 epochs of one batch of 32 digits each (lr 0.1, lr_decay 0.5), the "
+             f"weights fit() trained are up to {error:.2e} away from those of SGD with "
+             f"momentum 0.9 on the mean cross-entropy, the rate halved after each epoch; "
+             f"expected them to agree. The README documents this optimizer: momentum makes "
+             f"the effective step about lr / (1 - momentum), so the learning rates you compare "
+             f"across runs mean what they say only with the documented momentum.")
+
+
 class RecordingDigits(torch.utils.data.TensorDataset):
     """Digits that note the index of every sample handed out, in order."""
 
@@ -606,17 +654,67 @@ def test_fit_shuffles_the_training_digits_every_epoch(default_fit):
              "model learns worse.")
 
 
+@pytest.mark.trains
+@pytest.mark.requires("test_fit_shuffles_the_training_digits_every_epoch")
+def test_fit_shuffles_with_seed_0_by_default(default_fit, tmp_path, device):
+    """fit() without a seed shuffles as fit(..., seed=0) does, so that a run can be repeated."""
+    first_epoch = ran_defaults(default_fit)["seen"][:DEFAULT_TRAIN]
+    x, y = digits(DEFAULT_TRAIN + 16, seed=2)
+    x = logs.normalise(x)
+    train_set = RecordingDigits(x[:DEFAULT_TRAIN], y[:DEFAULT_TRAIN])
+    val_set = torch.utils.data.TensorDataset(x[DEFAULT_TRAIN:], y[DEFAULT_TRAIN:])
+    torch.manual_seed(0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        call(train.fit, train.make_model(), train_set, val_set, tmp_path, epochs=1, seed=0,
+             device=device, what="fit(model, train_set, val_set, log_dir, epochs=1, seed=0)")
+    if train_set.seen != first_epoch:
+        fail(f"fit(..., seed=0) visits the {DEFAULT_TRAIN} training digits in another order "
+             f"than fit(...) without a seed does in its first epoch; expected the same order: "
+             f"the README documents seed 0 as the default, so that a run started without one "
+             f"can be repeated exactly, batch for batch.")
+
+
 # --- the script ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def script_run(tmp_path_factory, device):
+    """`python train.py --epochs 1 --n-train 768 --logdir DIR --name demo`: what main() handed
+    fit() (the model's weights before training, the sizes of the data sets), printed and left."""
+    log_dir = tmp_path_factory.mktemp("script")
+    argv = ["--epochs", "1", "--n-train", "768", "--logdir", str(log_dir), "--name", "demo",
+            "--device", device.type]
+    module, handed = train.resolve(), {}
+    original = module.fit
+
+    def spy(model, train_set, val_set, *args, **kwargs):
+        handed.update(weights={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                      n_train=len(train_set), n_val=len(val_set))
+        return original(model, train_set, val_set, *args, **kwargs)
+
+    module.fit = spy
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            call(train.main, argv, what=f"train.main({argv})")
+    except pytest.fail.Exception as exc:  # reported by every test that needs the run
+        return {"error": str(exc)}
+    finally:
+        module.fit = original
+    return {"log_dir": log_dir, "handed": handed, "printed": printed.getvalue()}
+
+
+def ran_script(script_run) -> dict:
+    if "error" in script_run:
+        fail(script_run["error"])
+    return script_run
 
 
 @pytest.mark.trains
 @pytest.mark.requires("test_training_and_validation_losses_have_their_own_tags")
-def test_script_logs_a_run_and_prints_how_to_view_it(tmp_path, capsys, device):
+def test_script_logs_a_run_and_prints_how_to_view_it(script_run):
     """`python train.py --logdir DIR --name demo` writes DIR/demo and prints the command."""
-    argv = ["--epochs", "1", "--n-train", "768", "--logdir", str(tmp_path), "--name", "demo",
-            "--device", device.type]
-    call(train.main, argv, what=f"train.main({argv})")
-    out = capsys.readouterr().out
+    run = ran_script(script_run)
+    tmp_path, out = run["log_dir"], run["printed"]
     tags = read_run(tmp_path / "demo").Tags()
     missing = [t for t in ("loss/train", "loss/val", "accuracy/val", "lr") if
                t not in tags["scalars"]] + [t for t in ("predictions",) if t not in tags["images"]]
@@ -628,6 +726,33 @@ def test_script_logs_a_run_and_prints_how_to_view_it(tmp_path, capsys, device):
         fail(f"The script printed:\n{out.strip()}\nExpected it to end with the command that "
              f"shows its runs, `tensorboard --logdir {tmp_path}`: the folder that holds every "
              f"run, so that TensorBoard lists them side by side.")
+
+
+@pytest.mark.trains
+def test_script_starts_from_the_weights_of_torch_seed_0(script_run):
+    """The script seeds torch with 0 before it builds the model: every run starts alike."""
+    handed = ran_script(script_run)["handed"]
+    torch.manual_seed(0)
+    expected = train.make_model().state_dict()
+    same = set(handed.get("weights", {})) == set(expected) and all(
+        torch.equal(handed["weights"][k], v) for k, v in expected.items())
+    if not same:
+        fail("`python train.py` handed fit() a model whose initial weights are not those of "
+             "torch.manual_seed(0) followed by make_model(); expected exactly those, as the "
+             "README says: with the same seed, two runs that differ only in the options you "
+             "pass differ because of those options, not because of their starting weights.")
+
+
+@pytest.mark.trains
+def test_script_validates_on_1000_digits(script_run):
+    """`python train.py --n-train 768` trains on 768 digits and validates on 1,000 others."""
+    handed = ran_script(script_run)["handed"]
+    got = (handed.get("n_train"), handed.get("n_val"))
+    if got != (768, 1000):
+        fail(f"`python train.py --n-train 768` handed fit() {got[0]} training and {got[1]} "
+             f"validation digits; expected 768 and 1000, the validation set the README "
+             f"documents: two runs' validation curves compare only if both are scored on the "
+             f"same digits.")
 
 
 def test_script_writes_beside_itself_by_default():
@@ -653,6 +778,21 @@ def test_script_defaults_are_the_documented_ones():
         fail(f"parse_args({argv}) gave epochs {args.epochs}, batch size {args.batch_size} and "
              f"lr {args.lr}; expected 1, 1 and 9.5: the smallest allowed values and a rate "
              f"just inside (0, 10) are valid.")
+
+
+def test_script_help_opens_with_its_summary(capsys):
+    """`python train.py --help` describes the script by the first line of its docstring."""
+    try:
+        train.main(shell_argv(["--help"]))
+    except SystemExit:
+        pass
+    out = capsys.readouterr().out
+    blocks = [" ".join(block.split()) for block in out.split("\n\n")]  # usage, summary, options
+    summary = " ".join(train.resolve().__doc__.splitlines()[0].split())
+    if len(blocks) < 2 or blocks[1] != summary:
+        fail(f"`python train.py --help` printed:\n{out.strip()}\nExpected the usage line, then "
+             f"the one-line summary that opens train.py's docstring ({summary!r}), then the "
+             f"options: --help should first say what the script is for.")
 
 
 @pytest.mark.parametrize("argv", [["--epochs", "0"], ["--batch-size", "-8"], ["--lr", "0"],
