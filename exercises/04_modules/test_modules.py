@@ -465,6 +465,20 @@ def stand_in_digits(monkeypatch):
                         types.SimpleNamespace(mnist_data=fake_mnist_data))
 
 
+def test_script_help_says_what_it_does(capsys):
+    """`python hooks.py --help` describes the script with its docstring's first line."""
+    first = (hooks.resolve().__doc__ or "").strip().splitlines()[0]
+    try:
+        hooks.main(["--help"])
+    except SystemExit:
+        pass
+    out = capsys.readouterr().out
+    if first not in " ".join(out.split()):  # argparse wraps the description
+        fail(f"`python hooks.py --help` printed {out[:300]!r}; expected it to describe the "
+             f"script with the one-line summary at the top of hooks.py's docstring, "
+             f"{first!r}: the first thing whoever meets the tool reads.")
+
+
 @pytest.mark.requires("test_small_cnn_has_the_documented_layers_and_classes",
                       "test_activations_are_the_output_of_the_named_layer")
 def test_script_rejects_bad_arguments(capsys, monkeypatch):
@@ -517,7 +531,7 @@ class FigureSpy:
     def __init__(self, monkeypatch):
         from matplotlib.figure import Figure
 
-        self.figures, self.calls = [], []
+        self.figures, self.calls, self.models = [], [], []
         save, real = Figure.savefig, hooks.resolve().activations
 
         def savefig(fig, *args, **kwargs):
@@ -525,6 +539,7 @@ class FigureSpy:
             return save(fig, *args, **kwargs)
 
         def activations(model, layer, x, channel=None):
+            self.models.append({k: v.detach().clone() for k, v in model.state_dict().items()})
             out = real(model, layer, x, channel=channel)
             self.calls.append((layer, x.detach().clone(), channel, out))
             return out
@@ -601,3 +616,44 @@ def test_script_saves_the_feature_maps_under_runs(tmp_path, monkeypatch, capsys)
         fail(f"{command} printed {printed.strip()[-300:]!r}; expected the line 'features.4, "
              f"channel 5: activations of shape (8, 14, 14)'.")
     check_picture(spy, command)
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_script_saves_the_feature_maps_under_runs")
+def test_script_picture_is_the_documented_one(tmp_path, monkeypatch, capsys):
+    """python hooks.py pictures digits 0, 625, ..., 4375 through small_cnn() as built right
+    after torch.manual_seed(0), on a figure of 12 x 3 inches: the same picture on every run."""
+    import matplotlib
+    from PIL import Image
+
+    stand_in_digits(monkeypatch)
+    spy = FigureSpy(monkeypatch)
+    out = tmp_path / "maps.png"
+    call(hooks.main, ["--out", str(out)], what="python hooks.py --out maps.png")
+    capsys.readouterr()
+    torch.manual_seed(0)
+    seeded = layers.small_cnn().state_dict()
+    weights = spy.models[-1]
+    if weights.keys() != seeded.keys() or not all(
+            torch.equal(weights[k].cpu(), seeded[k]) for k in seeded):
+        fail("python hooks.py looked at a small_cnn() whose initial weights differ from those "
+             "of small_cnn() built right after torch.manual_seed(0), as the README says. "
+             "Without that seed every run draws other random weights and draws another "
+             "picture: nobody can reproduce it, nor tell a change of the code from luck.")
+    _, x, _, _ = spy.calls[-1]
+    digits, _ = fake_mnist_data()
+    ids = [int(np.abs(digits - row.numpy() * 255).sum(axis=1).argmin()) for row in x]
+    if ids != list(range(0, 5000, 625)):
+        fail(f"python hooks.py pictured digits number {ids} of the data set; expected every "
+             f"625th of the 5,000, as the README says: 8 digits spread over the whole set "
+             f"(sorted by class), the same ones on every run.")
+    dpi = matplotlib.rcParams["savefig.dpi"]
+    dpi = matplotlib.rcParams["figure.dpi"] if dpi == "figure" else dpi
+    expected = (round(12 * dpi), round(3 * dpi))  # (width, height) in pixels
+    with Image.open(out) as image:
+        got = image.size
+    if got != expected:
+        fail(f"python hooks.py saved a picture of {got[0]} x {got[1]} pixels; expected "
+             f"{expected[0]} x {expected[1]}, a figure of 12 x 3 inches at {dpi:g} dpi, as the "
+             f"README says: wide enough for two rows of 8 panels, and the same size on every "
+             f"run, so that pictures of different layers can be compared side by side.")
