@@ -5,8 +5,6 @@ what the code did instead, and why it matters.
 """
 
 import re
-import runpy
-import sys
 
 import pytest
 import torch
@@ -15,7 +13,14 @@ from hypothesis import strategies as st
 from torch.nn import functional as F
 
 from torchkata import data, under_test
-from torchkata.checks import assert_accuracy_at_least, assert_finite, call, fail
+from torchkata.checks import (
+    assert_accuracy_at_least,
+    assert_finite,
+    call,
+    fail,
+    run_as_main,
+    shell_argv,
+)
 
 grads = under_test("grads")
 linreg = under_test("linreg")
@@ -488,6 +493,25 @@ def run_script(module, argv: list[str]):
 
 
 @pytest.mark.trains
+@pytest.mark.parametrize("name", ["linreg", "logreg"])
+def test_script_help_says_what_it_does(name, capsys):
+    """`python NAME.py --help` describes the script with its docstring's first line."""
+    module = {"linreg": linreg, "logreg": logreg}[name]
+    lines = (module.resolve().__doc__ or "").strip().splitlines()
+    first = lines[0].strip() if lines else ""
+    try:
+        module.main(shell_argv(["--help"]))
+    except SystemExit:
+        pass
+    out = capsys.readouterr().out
+    if not first or first not in " ".join(out.split()):  # argparse wraps the description
+        fail(f"`python {name}.py --help` printed {out[:300]!r}; expected its description to be "
+             f"the script's one-line summary, the first line of its docstring ({first!r}). "
+             f"--help is where a user learns what a tool does before running it; the rest of "
+             f"the docstring is for readers of the file.")
+
+
+@pytest.mark.trains
 def test_scripts_reject_nonsense_arguments(capsys):
     """linreg.py and logreg.py refuse a zero or negative lr or step count: one line, exit 2."""
     for module, name in ((linreg, "linreg.py"), (logreg, "logreg.py")):
@@ -569,15 +593,12 @@ def test_logreg_script_reports_its_losses_and_accuracy(capsys):
 @pytest.mark.trains
 @pytest.mark.requires("test_fit_linear_is_plain_gradient_descent",
                       "test_train_logistic_is_plain_gradient_descent")
-def test_scripts_run_from_the_command_line(monkeypatch, capsys):
+def test_scripts_run_from_the_command_line(capsys):
     """`python linreg.py --steps 2` and `python logreg.py --steps 2` run their main()."""
     for module, name in ((linreg, "linreg.py"), (logreg, "logreg.py")):
-        path = module.resolve().__file__
-        monkeypatch.setattr(sys, "argv", [path, "--steps", "2"])
-        try:  # run_name: a str of its own, as the interpreter's '__main__' is
-            runpy.run_path(path, run_name="".join(["__", "main__"]))
-        except SystemExit as exc:
-            fail(f"python {name} --steps 2 exited with status {exc.code!r}; expected it to run.")
+        ended = run_as_main(module.resolve().__file__, ["--steps", "2"])
+        if ended != "returned":
+            fail(f"python {name} --steps 2 {ended}; expected it to run.")
         out = capsys.readouterr().out
         if "after 2 steps" not in out:
             fail(f"python {name} --steps 2 printed {out.strip()!r}; expected it to train for 2 "

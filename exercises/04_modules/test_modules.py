@@ -5,7 +5,6 @@ Each test checks one property. Read the failure message first: it says what was 
 what the code did instead, and why it matters.
 """
 
-import runpy
 import sys
 import types
 from collections import OrderedDict
@@ -18,7 +17,14 @@ from hypothesis import strategies as st
 from torch import nn
 
 from torchkata import under_test
-from torchkata.checks import assert_close_to_oracle, call, fail, how_script_ended, shared
+from torchkata.checks import (
+    assert_close_to_oracle,
+    call,
+    fail,
+    how_script_ended,
+    run_as_main,
+    shared,
+)
 from torchkata.strategies import reshape_pairs
 
 layers = under_test("layers")
@@ -510,17 +516,9 @@ def test_script_rejects_bad_arguments(capsys, monkeypatch):
 def test_script_runs_main_when_run_as_a_file(monkeypatch, capsys):
     """`python hooks.py --channel 99` runs main(), which refuses the channel with exit 2."""
     stand_in_digits(monkeypatch)
-    path = hooks.resolve().__file__
-    monkeypatch.setitem(sys.modules, "layers", layers.resolve())  # its `from layers import`
-    monkeypatch.setattr(sys, "argv", [path, "--channel", "99"])
-    try:
-        # a fresh string, as `python hooks.py` names its module: not the interned literal
-        runpy.run_path(path, run_name="".join(["__", "main__"]))
-        code = "no exit: it returned without running main()"
-    except SystemExit as exc:
-        code = exc.code
-    if code != 2:
-        fail(f"python hooks.py --channel 99 ended with {code!r}; expected main() to run and "
+    ended = run_as_main(hooks.resolve().__file__, ["--channel", "99"])
+    if ended != "exited with status 2":
+        fail(f"python hooks.py --channel 99 {ended}; expected main() to run and "
              f"refuse the channel (exit status 2). Run as a file, a script's module is named "
              f"'__main__', and the block at its end decides whether main() runs.")
 
