@@ -5,8 +5,6 @@ what the code did instead, and why it matters.
 """
 
 import re
-import runpy
-import sys
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from torchkata import under_test
-from torchkata.checks import call, fail, shell_argv
+from torchkata.checks import call, fail, run_as_main, shell_argv
 
 tensors = under_test("tensors")
 distances = under_test("distances")
@@ -383,6 +381,28 @@ def test_blobs_are_unit_clouds_around_centres_in_the_square():
              f"uncorrelated: each coordinate gets noise of its own.")
 
 
+def test_blobs_draws_the_points_the_readme_describes():
+    """blobs(n, classes, seed): the centres, then each point's offset, from one generator."""
+    for n, classes, seed in ((5, 3, 0), (4, 2, 1)):
+        x, y = call(distances.blobs, n, classes, seed, what=f"blobs({n}, {classes}, {seed})")
+        g = torch.Generator().manual_seed(seed)
+        centres = torch.rand(classes, 2, generator=g) * 8 - 4  # (classes, 2)
+        labels = torch.arange(classes).repeat_interleave(n)  # (n * classes,)
+        expected = centres[labels] + torch.randn(n * classes, 2, generator=g)  # (n * classes, 2)
+        if tuple(x.shape) != tuple(expected.shape) or not torch.equal(y, labels):
+            fail(f"blobs({n}, {classes}, seed={seed}) returned x {tuple(x.shape)} and labels "
+                 f"{y.tolist()}; expected x {tuple(expected.shape)} and the labels in blocks of "
+                 f"{n}, as the README says.")
+        diff = (x.double() - expected.double()).abs().max().item()
+        if diff > 1e-6:
+            fail(f"blobs({n}, {classes}, seed={seed}) places its points up to {diff:.2f} away "
+                 f"from where the README's draw puts them (from a torch.Generator seeded "
+                 f"{seed}: the centres torch.rand(classes, 2) * 8 - 4, then each point's "
+                 f"offset torch.randn(n * classes, 2) added to its class's centre). Expected "
+                 f"the documented points: a seed names one data set, so that a run can be "
+                 f"repeated and two runs compared.")
+
+
 @pytest.mark.trains
 @pytest.mark.requires("test_nearest_neighbour_of_a_training_point_is_itself",
                       "test_blobs_are_unit_clouds_around_centres_in_the_square")
@@ -440,22 +460,16 @@ def test_script_runs_on_the_device_it_is_told(monkeypatch, capsys):
 
 @pytest.mark.trains
 @pytest.mark.requires("test_nearest_neighbour_of_a_training_point_is_itself")
-def test_script_runs_when_started_as_a_file(monkeypatch, capsys):
+def test_script_runs_when_started_as_a_file(capsys):
     """`python distances.py --points 5` runs main(): the guard at the end lets it."""
-    path = distances.resolve().__file__
-    monkeypatch.setattr(sys, "argv", shell_argv([path, "--points", "5", "--device", "cpu"]))
-    main_name = "".join(["__", "main__"])  # the interpreter's own str object, not a literal
-    try:
-        runpy.run_path(path, run_name=main_name)
-    except SystemExit as exc:
-        fail(f"python distances.py --points 5 exited with status {exc.code!r}; expected it to "
-             f"run.")
+    ended = run_as_main(distances.resolve().__file__, ["--points", "5", "--device", "cpu"])
+    if ended != "returned":
+        fail(f"python distances.py --points 5 {ended}; expected it to run.")
     out = capsys.readouterr().out
     if "accuracy on 15 test points" not in out:
         fail(f"python distances.py --points 5 printed {out.strip()!r}; expected the accuracy "
              f"on its 15 test points. Run as a file, a script's module is named '__main__', "
              f"and the block at its end decides whether main() runs.")
-
 
 
 @pytest.mark.trains
@@ -474,6 +488,23 @@ def test_script_labels_blobs_by_their_nearest_neighbour(device, capsys):
              f"right; on these blobs (seed 1) 1-nearest-neighbour gets 91%, and chance "
              f"is 33%. Each test point must take the label of the "
              f"training point closest to it.")
+
+
+@pytest.mark.trains
+def test_script_help_says_what_it_does(capsys):
+    """`python distances.py --help` describes the script with its docstring's first line."""
+    lines = (distances.resolve().__doc__ or "").strip().splitlines()
+    first = lines[0].strip() if lines else ""
+    try:
+        distances.main(shell_argv(["--help"]))
+    except SystemExit:
+        pass
+    out = capsys.readouterr().out
+    if not first or first not in " ".join(out.split()):  # argparse wraps the description
+        fail(f"`python distances.py --help` printed {out[:300]!r}; expected its description to "
+             f"be the script's one-line summary, the first line of its docstring ({first!r}). "
+             f"--help is where a user learns what a tool does before running it; the rest of "
+             f"the docstring is for readers of the file.")
 
 
 @pytest.mark.trains

@@ -158,6 +158,27 @@ def test_make_data_is_the_documented_line_plus_noise():
              "so that every run of linreg.py fits the same points.")
 
 
+def test_make_data_draws_the_points_the_readme_describes():
+    """make_data(..., seed): x, then the noise, from one generator seeded seed (README)."""
+    for seed, w_true in ((0, (2.0, -3.0, 0.5)), (5, (1.0, -1.0))):
+        x, y = call(linreg.make_data, n=7, w_true=w_true, b_true=1.0, noise=0.1, seed=seed,
+                    what=f"make_data(n=7, w_true={w_true}, b_true=1, noise=0.1, seed={seed})")
+        g = torch.Generator().manual_seed(seed)
+        x_draw = torch.randn(7, len(w_true), generator=g)  # (7, d)
+        e = torch.randn(7, generator=g)  # (7,)
+        y_draw = x_draw @ torch.tensor(w_true) + 1.0 + 0.1 * e  # (7,)
+        if tuple(x.shape) != tuple(x_draw.shape) or tuple(y.shape) != tuple(y_draw.shape):
+            fail(f"make_data(n=7, seed={seed}) returned x {tuple(x.shape)} and y "
+                 f"{tuple(y.shape)}; expected x {tuple(x_draw.shape)} and y (7,).")
+        diff = max((x - x_draw).abs().max().item(), (y - y_draw).abs().max().item())
+        if diff > 1e-5:
+            fail(f"make_data(n=7, w_true={w_true}, b_true=1, noise=0.1, seed={seed}) differs by "
+                 f"up to {diff:.3f} from the README's draw (from a torch.Generator seeded "
+                 f"{seed}: x = torch.randn(n, d), then e = torch.randn(n), and y = x @ w_true + "
+                 f"b_true + noise * e). Expected the documented data: a seed names one data "
+                 f"set, so that a run can be repeated and compared with another.")
+
+
 def test_fit_linear_is_plain_gradient_descent(device):
     """With lr=0.05, after 1 and after 3 steps, w and b equal those of w <- w - lr * dL/dw."""
     x, y, _, _ = known_line(device)

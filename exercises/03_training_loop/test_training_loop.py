@@ -792,8 +792,9 @@ def record_fit(monkeypatch) -> list[dict]:
 @pytest.mark.requires("test_script_saves_the_curves_under_runs")
 def test_script_hands_its_settings_to_fit(tmp_path, monkeypatch, capsys):
     """`python train.py` trains SGD (momentum 0.9) from lr 0.05, halved every 10 epochs, for
-    up to 60 epochs with patience 8, verbose, on 1,000 reshuffled moons, validating on 200;
-    the options given replace those defaults; the plot goes where --plot says."""
+    up to 60 epochs with patience 8, verbose, on 1,000 reshuffled moons in batches of 50,
+    validating on 200 in one batch; the options given replace those defaults; the plot goes
+    where --plot says."""
     module = train.resolve()
     calls = record_fit(monkeypatch)
     auto = "cuda" if torch.cuda.is_available() else "cpu"
@@ -811,10 +812,11 @@ def test_script_hands_its_settings_to_fit(tmp_path, monkeypatch, capsys):
             "verbose": got.get("verbose"), "device": str(got.get("device")),
             "momentum": optimizer.param_groups[0].get("momentum"),
             "lr of epochs 1-20": sorted(set(lrs)), "training moons": len(got["train"].dataset),
-            "batch size": got["train"].batch_size, "validation moons": len(got["val"].dataset)}
+            "batch size": got["train"].batch_size, "validation moons": len(got["val"].dataset),
+            "validation batch size": got["val"].batch_size}
     want = {"epochs": 60, "patience": 8, "verbose": True, "device": auto, "momentum": 0.9,
             "lr of epochs 1-20": [0.025, 0.05], "training moons": 1000, "batch size": 50,
-            "validation moons": 200}
+            "validation moons": 200, "validation batch size": 200}
     if seen != want or lrs[9:11] != [0.05, 0.025]:
         fail(f"python train.py without options trained with {seen} (the lr halving after "
              f"epoch {lrs.index(min(lrs)) if lrs else '?'}); expected {want}, the lr halving "

@@ -506,6 +506,11 @@ def test_script_rejects_bad_arguments(capsys, monkeypatch):
             fail(f"{command} said {err.strip().splitlines()[-1]!r}; expected the error to name "
                  f"the channels that exist, 0 to 7 (features.1 has 8), so that the next try "
                  f"is a valid one.")
+        if argv[:2] == ["--layer", "classifier.1"] and "(1, 10)" not in err:
+            fail(f"{command} said {err.strip().splitlines()[-1]!r}; expected the error to show "
+                 f"what classifier.1 outputs for one image, (1, 10): ten class scores, not "
+                 f"(B, C, H, W) feature maps. A shape the user can match to one input says why "
+                 f"the layer has no channel to plot.")
     got = call(hooks.non_negative_int, "0", what='non_negative_int("0"), the type of --channel')
     if got != 0:
         fail(f'non_negative_int("0") returned {got!r}; expected 0. --channel 0 is the first '

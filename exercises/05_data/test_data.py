@@ -410,6 +410,42 @@ def test_channel_stats_of_a_blank_channel_is_zero():
              f"image into NaN. Negative rounding errors must not reach the square root.")
 
 
+class BatchCountingImages(torch.utils.data.Dataset):
+    """n blank (1, 2, 2) images; a DataLoader hands __getitems__ each batch's indices, and
+    this records how many each batch asked for."""
+
+    def __init__(self, n):
+        self.n, self.batches = n, []
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return torch.zeros(1, 2, 2), 0
+
+    def __getitems__(self, indices):
+        self.batches.append(len(indices))
+        return [self[i] for i in indices]
+
+
+@pytest.mark.requires("test_channel_stats_match_float64_oracle")
+def test_channel_stats_reads_1000_images_at_a_time_by_default():
+    """channel_stats(dataset) makes its one pass in batches of 1,000 images (the README's
+    default); batch_size=... changes it."""
+    for kwargs, expected in (({}, [1000, 1000, 500]), ({"batch_size": 7}, [7, 7, 7, 7, 2])):
+        ds = BatchCountingImages(sum(expected))
+        shown = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+        call(pipeline.channel_stats, ds, **kwargs,
+             what=f"channel_stats() of {len(ds)} images{', ' + shown if shown else ''}")
+        if ds.batches != expected:
+            fail(f"channel_stats() of {len(ds)} images ({shown or 'default batch size'}) read "
+                 f"them in batches of {ds.batches[:8]}{' ...' if len(ds.batches) > 8 else ''}; "
+                 f"expected batches of {expected}: batch_size images at a time, 1,000 unless "
+                 f"the caller says otherwise. The batch size is the pass's memory budget: "
+                 f"small enough that a large data set never has to fit in memory, large "
+                 f"enough that the pass is not slowed down by many small batches.")
+
+
 # --- make_datasets: the switch, the transforms of each split ----------------------------
 
 
@@ -520,6 +556,36 @@ def test_make_datasets_works_on_a_one_image_data_set():
             fail(f"{what}: the {split} split holds {len(ds)} image(s), the first of shape "
                  f"{tuple(torch.as_tensor(x).shape)}; expected 1 image of shape (1, 8, 8), as "
                  f"its source gave it.")
+
+
+class IndexRecordingSplit(SpySplit):
+    """A SpySplit that records every index it is asked for."""
+
+    def __init__(self, train, transform, asked):
+        super().__init__(train, transform)
+        self.asked = asked
+
+    def __getitem__(self, i):
+        self.asked.append(i)
+        return super().__getitem__(i)
+
+
+@pytest.mark.requires("test_channel_stats_match_float64_oracle")
+def test_make_datasets_reads_only_indices_0_to_len_minus_1():
+    """make_datasets reads its data set at indices 0 .. len() - 1 only, as a DataLoader does."""
+    asked = []
+
+    def source(root, train=True, transform=None, download=False):
+        return IndexRecordingSplit(train, transform, asked)
+
+    call(pipeline.make_datasets, "spy", "some/root", registry={"spy": source},
+         what='make_datasets("spy", "some/root", registry=...) on a data set of 6 images')
+    outside = sorted({int(i) for i in asked if not 0 <= int(i) < 6})
+    if outside:
+        fail(f"make_datasets read its data set of 6 images at index {outside}; expected only "
+             f"indices 0 to 5. A Dataset promises the items 0 .. len() - 1, the ones a "
+             f"DataLoader asks for; negative indices are a feature of Python lists that many "
+             f"data sets (files named by number, the rows of a database) do not have.")
 
 
 @pytest.mark.parametrize("name", NAMES)

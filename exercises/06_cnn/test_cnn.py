@@ -538,6 +538,32 @@ def test_load_takes_the_dataset_name_as_the_command_line_gives_it(monkeypatch):
              f"decides the data set must compare the names' text, not their identity.")
 
 
+def test_load_gives_the_offline_digits_only_for_the_name_corrupt(monkeypatch):
+    """load(name) with a name other than 'corrupt' (a typo, another data set) never hands back
+    the offline corrupted digits: it goes to torchvision's data sets, which refuse what they
+    do not have."""
+    calls = []
+
+    def corrupt_mnist(n_train=4000, n_test=1000, *args, **kwargs):  # records its sizes
+        calls.append((n_train, n_test))
+        return TensorDataset(torch.zeros(0)), TensorDataset(torch.zeros(0))
+
+    monkeypatch.setattr(data.resolve(), "corrupt_mnist", corrupt_mnist)
+    monkeypatch.setattr(data.resolve(), "torchvision_digits",  # no files, no network
+                        lambda name, *args, **kwargs: calls.append(f"torchvision {name!r}"))
+    for name in ("cifar10", "Corrupt"):
+        calls.clear()
+        try:
+            data.load(name, "unused", 7, 3)
+        except Exception:  # noqa: BLE001,S110 - what it asked for is the finding
+            pass
+        if (7, 3) in calls:
+            fail(f"load({name!r}, root, 7, 3) handed back the offline corrupted digits; "
+                 f"expected them only for the name 'corrupt' itself. Any other name is "
+                 f"torchvision's to open or refuse: a run asked for {name!r} that silently "
+                 f"trains and reports on other data is worse than one that stops.")
+
+
 def test_torchvision_digits_stay_offline_by_default(tmp_path, monkeypatch):
     """torchvision_digits does not try to download unless it is asked to."""
     attempts = network_attempts(monkeypatch)
@@ -1144,6 +1170,32 @@ def test_train_command_defaults_and_options(tmp_path, monkeypatch, capsys):
     if set(state) != set(fresh) or not all(torch.equal(v, state[k]) for k, v in fresh.items()):
         fail("python main.py train --seed 3 --checkpoint new/folder/m.pt did not save, there "
              "(creating the folders), the weights of a Net made after torch.manual_seed(3).")
+
+
+@requires("test_command_line_rejects_nonsense_arguments", "test_checkpoint_holds_only_a_state_dict")
+def test_evaluate_command_scores_the_test_set_1000_images_at_a_time(tmp_path, monkeypatch,
+                                                                    capsys):
+    """`python main.py evaluate FILE` scores every test image, 1,000 at a time (the README's
+    batch size for evaluation)."""
+    spies = _CommandSpies(monkeypatch, tmp_path)
+    checkpoint = tmp_path / "model.pt"
+    torch.save(_fresh_net_weights(0), checkpoint)
+    scored = []
+
+    def accuracy(net, loader, device):
+        scored.append({"images": len(loader.dataset), "batch_size": loader.batch_size})
+        return 0.75
+
+    monkeypatch.setattr(main.resolve(), "accuracy", accuracy)
+    call(main.main, ["evaluate", str(checkpoint)],
+         what="python main.py evaluate FILE (stand-in data, accuracy() recorded)")
+    capsys.readouterr()
+    want = [{"images": 4, "batch_size": 1000}]
+    if len(spies.loaded) != 1 or scored != want:
+        fail(f"python main.py evaluate FILE loaded the data {len(spies.loaded)} time(s) and "
+             f"scored {scored}; expected {want}: the whole test split (4 images here) in "
+             f"batches of 1,000, as the README states. Evaluation keeps no gradients, so its "
+             f"batches can be large; a documented batch size makes its runs repeatable.")
 
 
 # --- the command line: python main.py train / evaluate ---------------------------------
