@@ -286,12 +286,16 @@ def shell_argv(argv: list[str]) -> list[str]:
     return [a.encode().decode() for a in argv]
 
 
-def run_as_main(path, argv: list[str]) -> str:
+def run_as_main(path, argv: list[str], run_name: str | None = None) -> str:
     """``python PATH ARGV`` in this process, as the interpreter does it: the module is named
     ``'__main__'`` (a str made at run time, as the interpreter's is: never the same object as
     a literal), the script's folder comes first on ``sys.path``, and the modules beside it are
     imported afresh and forgotten afterwards. Returns how it ended: ``"returned"`` or
-    ``"exited with status N"``. Output goes where it would: use capsys."""
+    ``"exited with status N"``. Output goes where it would: use capsys.
+
+    ``run_name`` runs it under another module name instead, as a tool that executes a file
+    without making it the program does (``runpy.run_path``'s own default is ``'<run_path>'``,
+    which sorts before ``'__main__'``): then the guard must keep ``main()`` from running."""
     import runpy
     import sys
     from pathlib import Path
@@ -302,7 +306,8 @@ def run_as_main(path, argv: list[str]) -> str:
     argv_before, path_before = sys.argv, list(sys.path)
     sys.argv, sys.path[:0] = shell_argv([str(path), *argv]), [str(path.parent)]
     try:
-        runpy.run_path(str(path), run_name="".join(["__", "main__"]))
+        name = "".join(["__", "main__"]) if run_name is None else "".join(run_name)
+        runpy.run_path(str(path), run_name=name)
     except SystemExit as exc:
         return f"exited with status {exc.code!r}"
     finally:
