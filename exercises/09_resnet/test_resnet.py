@@ -278,6 +278,22 @@ def test_resnet18_stem_and_default_classes():
              f"the mean and adds its own.")
 
 
+def test_relus_work_in_place_as_torchvision_s_do():
+    """Every ReLU of ResNet18 (the stem's and each block's) is nn.ReLU(inplace=True), as in
+    torchvision's resnet18: print(model) shows ReLU(inplace=True) throughout."""
+    model = call(resnet.ResNet18, width=8, what="ResNet18(width=8)")
+    relus = {name: m.inplace for name, m in model.named_modules() if isinstance(m, nn.ReLU)}
+    copies = [name for name, inplace in relus.items() if not inplace]
+    if not relus or copies:
+        fail(f"ResNet18(width=8) has {len(relus)} ReLU modules; not in place: "
+             f"{', '.join(copies[:3])}{', ...' if len(copies) > 3 else ''}. Expected "
+             f"nn.ReLU(inplace=True) in the stem and in every block, as torchvision's resnet18 "
+             f"has (the README says so too). Each ReLU reads a tensor that nothing reads again, "
+             f"a BatchNorm's output or the sum with the shortcut: rectifying it in place gives "
+             f"the same values and gradients without a second activation-sized buffer, and on "
+             f"a GPU memory is what limits the batch.")
+
+
 def test_convolutions_start_with_he_initialisation():
     """Every convolution of ResNet18 starts from He's normal initialisation, fan-out mode:
     weights of standard deviation sqrt(2 / (out_channels * kernel area))."""

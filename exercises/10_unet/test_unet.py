@@ -453,15 +453,17 @@ def test_predict_handles_any_image_size(device, h, w):
 
 
 class WindowSizes(torch.nn.Module):
-    """A stand-in network that records the (H, W) of every window it is given and answers
-    3 class scores per pixel."""
+    """A stand-in network that records the (H, W) of every window it is given, and how many
+    windows each call holds, and answers 3 class scores per pixel."""
 
     def __init__(self) -> None:
         super().__init__()
         self.sizes: list[tuple[int, int]] = []
+        self.batches: list[int] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.sizes.append(tuple(x.shape[-2:]))
+        self.batches.append(x.shape[0])
         return x.repeat(1, 3, 1, 1)
 
 
@@ -475,6 +477,26 @@ def test_predict_uses_64_pixel_windows_by_default(device):
              f"{sorted(set(net.sizes))} and returned {tuple(out.shape)}; expected only "
              f"(64, 64) windows (the default roi_size, the size the script trains on) and "
              f"logits (1, 3, 100, 90).")
+
+
+@pytest.mark.requires("test_predict_uses_64_pixel_windows_by_default")
+def test_predict_runs_sw_batch_size_windows_at_a_time(device):
+    """predict hands the network sw_batch_size windows per call (8 by default) until fewer
+    remain: the 9 windows of a 128 x 128 image go as 8 and 1, or as 4, 4, 1 with 4."""
+    x = torch.rand(1, 1, 128, 128, device=device)  # 3 x 3 windows of 64, overlapping by 16
+    for options, expected in (({}, [8, 1]), ({"sw_batch_size": 4}, [4, 4, 1])):
+        net = WindowSizes()
+        shown = ", ".join(f"{k}={v}" for k, v in options.items())
+        what = f"predict(model, images (1, 1, 128, 128){', ' + shown if shown else ''})"
+        call(model.predict, net, x, what=what, **options)
+        if net.batches != expected:
+            per = options.get("sw_batch_size", 8)
+            fail(f"{what} ran the network on batches of {net.batches} windows; expected "
+                 f"{expected}: the image makes 9 windows of 64 x 64, and each call takes "
+                 f"sw_batch_size of them ({per}{' by default' if not options else ''}) until "
+                 f"fewer remain. The number of windows per call "
+                 f"decides the memory one forward pass needs, and on a GPU too few leave it "
+                 f"idle: a caller who sets it (or relies on the default) must get it.")
 
 
 def test_predict_builds_no_autograd_graph(device):
@@ -689,6 +711,28 @@ def test_evaluate_averages_dice_over_every_image(device):
              f"the 7 images' Dice is {expected:.4f}. Every image counts once: a mean of the "
              f"batch means over-weights the last, smaller batch, and a loop that stops early "
              f"scores only part of the validation set.")
+
+
+def test_evaluate_runs_with_autograd_off_throughout(device):
+    """evaluate() keeps autograd off for its whole loop, loading included: a loader with
+    num_workers=0 runs its transforms and collation inside that loop."""
+    images, labels = batch_of_circles(n=4, side=16)
+    modes = []
+
+    def batches():  # a loader: notes the grad mode in force whenever it makes a batch
+        for start in (0, 2):
+            modes.append(torch.is_grad_enabled())
+            yield {"image": images[start:start + 2], "label": labels[start:start + 2]}
+
+    call(train.evaluate, NearestClass(), batches(), 3, 16, device,
+         what="evaluate() on a loader of 2 batches")
+    if modes != [False, False]:
+        fail(f"While evaluate() fetched its batches, torch.is_grad_enabled() was {modes}; "
+             f"expected [False, False]: evaluation never calls backward, so its whole loop "
+             f"belongs under torch.no_grad(), not only the forward pass. The validation "
+             f"transforms and collation run inside that loop (num_workers=0 runs them in this "
+             f"process), and with autograd on, any of their tensor operations on a tensor "
+             f"that requires grad records a graph that nothing will use.")
 
 
 @pytest.mark.trains

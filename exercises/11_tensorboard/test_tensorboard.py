@@ -244,6 +244,21 @@ def test_training_keeps_no_graph_of_earlier_batches(tmp_path, device):
              f"number: keep numbers for logging, not tensors with their history.")
 
 
+def test_evaluate_runs_the_model_with_autograd_off(device):
+    """evaluate() runs the model in eval mode with autograd off (as under torch.no_grad())."""
+    model = tiny_net(device)
+    seen = []
+    model.register_forward_hook(lambda m, i, o: seen.append((m.training, torch.is_grad_enabled())))
+    x, y = batches(1, size=16)[0]
+    call(train.evaluate, model, x.to(device), y.to(device), what="evaluate(model, x, y)")
+    if not seen or any(grad for _, grad in seen):
+        fail(f"evaluate() ran the model {len(seen)} time(s) with autograd recording "
+             f"(torch.is_grad_enabled() was {[grad for _, grad in seen]}); expected it off, as "
+             f"under @torch.no_grad(). Evaluation never calls backward: a recorded graph only "
+             f"holds every layer's activations in memory until the numbers are read, and "
+             f"whatever the model computes differently when gradients are on runs for nothing.")
+
+
 # --- the images ------------------------------------------------------------------------
 
 
@@ -355,6 +370,74 @@ def test_frame_is_two_pixels_wide(device):
              f"{widths} pixels wide; expected 2 pixels on every edge, the frame the README "
              f"describes: the colour must read at a glance in a grid of small digits, and "
              f"every pixel it covers is a pixel of the digit you no longer see.")
+
+
+class Handed(SummaryWriter):
+    """A real SummaryWriter that also notes what each add_images and add_histogram call was
+    handed, and whether autograd was recording at that moment."""
+
+    def __init__(self, log_dir) -> None:
+        super().__init__(log_dir)
+        self.handed: list[tuple[str, object, bool]] = []
+
+    def add_images(self, tag, img_tensor, *args, **kwargs):
+        self.handed.append((tag, img_tensor, torch.is_grad_enabled()))
+        return super().add_images(tag, img_tensor, *args, **kwargs)
+
+    def add_histogram(self, tag, values, *args, **kwargs):
+        self.handed.append((tag, values, torch.is_grad_enabled()))
+        return super().add_histogram(tag, values, *args, **kwargs)
+
+
+@pytest.mark.requires("test_prediction_images_show_the_digits_pixels")
+def test_prediction_images_reach_the_writer_as_pixels_in_0_1(tmp_path, device):
+    """log_predictions hands add_images float pixels in [0, 1]: pixels outside it (noise,
+    an augmentation's overshoot) are clamped to black and white, not passed on."""
+    pixels = torch.linspace(-0.5, 1.5, 28 * 28).view(1, 1, 28, 28).repeat(2, 1, 1, 1)
+    labels, predictions = torch.tensor([1, 2]), torch.tensor([1, 3])
+    with Handed(tmp_path) as writer:
+        call(logs.log_predictions, writer, logs.normalise(pixels).to(device), labels.to(device),
+             predictions.to(device), 3, what="log_predictions(writer, images, ...)")
+    images = [t for tag, t, _ in writer.handed if tag == "predictions"]
+    if len(images) != 1:
+        fail(f"log_predictions made {len(images)} add_images call(s) with the tag "
+             f"'predictions'; expected one, the grid of all the images.")
+    got = torch.as_tensor(images[0]).detach().float().cpu()
+    inner = slice(logs.FRAME, 28 - logs.FRAME)
+    expected = pixels.clamp(0, 1)[:, :, inner, inner].expand(2, 3, -1, -1)
+    if (got.min() < 0 or got.max() > 1 or tuple(got.shape) != (2, 3, 28, 28)
+            or not torch.allclose(got[:, :, inner, inner], expected, atol=1e-5)):
+        fail(f"For two images whose pixels run from -0.5 to 1.5 (darker than black, brighter "
+             f"than white), log_predictions handed add_images a {tuple(got.shape)} tensor of "
+             f"values in [{got.min():.2f}, {got.max():.2f}]; expected (2, 3, 28, 28) in "
+             f"[0, 1], inside each frame the pixels clamped to [0, 1]. add_images takes float "
+             f"images in [0, 1], as the README says; TensorBoard clipping what lies outside "
+             f"when it stores bytes is a safety net, not the contract, and any other consumer "
+             f"of the tensor (another writer, a saved image) gets the out-of-range values.")
+
+
+def test_logging_runs_with_autograd_off(tmp_path, device):
+    """log_predictions and log_weights call the writer with autograd off and hand it tensors
+    that carry no graph, even for images that require grad."""
+    model = tiny_net(device)
+    pixels, labels, predictions = sample(4)
+    images = logs.normalise(pixels).to(device).requires_grad_()
+    with Handed(tmp_path) as writer:
+        call(logs.log_predictions, writer, images, labels.to(device), predictions.to(device), 1,
+             what="log_predictions(writer, images that require grad, ...)")
+        call(logs.log_weights, writer, model, 1, what="log_weights(writer, model, 1)")
+    recording = sorted({tag for tag, t, grad in writer.handed
+                        if grad or getattr(t, "requires_grad", False)})
+    if not writer.handed:
+        fail("log_predictions and log_weights made no add_images or add_histogram call; "
+             "expected a 'predictions' grid and one histogram per parameter.")
+    if recording:
+        fail(f"log_predictions and log_weights called the writer for {recording[:4]} "
+             f"with autograd recording (or handed it a tensor that requires grad); expected "
+             f"every call made with autograd off, as under @torch.no_grad(). Logging is a copy "
+             f"for people to read: un-standardising and framing images that require grad (a "
+             f"model's input under attack, a generated sample) would record a graph that no "
+             f"backward pass will use and hand the writer a tensor tied to it.")
 
 
 # --- a whole run, read back ------------------------------------------------------------

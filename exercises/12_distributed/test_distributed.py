@@ -6,9 +6,9 @@ what the code did instead, and why it matters.
 The first tests call single functions in this process. The tests marked ``trains`` look at
 one real run of ``train.run()`` by two processes (ranks 0 and 1) on this machine, joined by
 a gloo process group on the loopback address (127.0.0.1) and a port that was free when the
-run started. Every wait has a limit: the process group's own timeout, and a deadline after
-which the test kills any rank still running, so a broken run fails with a message instead
-of hanging.
+run started; one test looks at a one-epoch run of a single rank. Every wait has a limit:
+the process group's own timeout, and a deadline after which the test kills any rank still
+running, so a broken run fails with a message instead of hanging.
 
 How the ranks start: torch.multiprocessing with the "fork" start method. Measured on a
 2-core machine, starting two ranks and joining a group took 0.07 s with fork, 1.8 to 2.1 s
@@ -451,7 +451,7 @@ def test_script_runs_main_when_started_as_a_file(capsys):
         fail(f"python train.py --nproc 0 {ended}; expected status 2, the usage error of "
              f"main()'s argument check.")
 
-# --- one real run of two ranks ----------------------------------------------------------
+# --- one real run of two ranks (and one of a single rank) -------------------------------
 
 
 def free_port() -> int:
@@ -496,11 +496,12 @@ class Printed(io.StringIO):
         super().flush()
 
 
-def rank_main(rank: int, port: int, folder: Path, out: Path) -> None:
+def rank_main(rank: int, port: int, folder: Path, out: Path, world_size: int,
+              epochs: int) -> None:
     """One rank, in a forked process: run train.run() and record what it did to out/."""
     torch.set_num_threads(1)  # the parent's OpenMP threads do not exist in a forked child
     os.environ.update(MASTER_ADDR=LOOPBACK, MASTER_PORT=str(port), RANK=str(rank),
-                      LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       GLOO_SOCKET_IFNAME=LOOPBACK_INTERFACE)
     stack = open(out / f"stack{rank}.txt", "w")  # noqa: SIM115 - open until the process ends
     faulthandler.enable(file=stack)  # a crash (gloo aborts) leaves its stack here
@@ -508,12 +509,20 @@ def rank_main(rank: int, port: int, folder: Path, out: Path) -> None:
     faulthandler.register(signal.SIGTERM, file=stack, chain=True)  # and being stopped
     module = train.resolve()
     seen: list[int] = []
-    record: dict = {"steps": [], "saves": [], "seen": seen}
-    make_data = module.make_data
+    val_seen: list[int] = []
+    record: dict = {"steps": [], "saves": [], "seen": seen, "val_seen": val_seen,
+                    "forwards": []}
+    make_data, make_model = module.make_data, module.make_model
 
     def recording_data(*args, **kwargs):
         train_set, val_set = make_data(*args, **kwargs)
-        return Recording(train_set, seen), val_set
+        return Recording(train_set, seen), Recording(val_set, val_seen)
+
+    def recording_model(*args, **kwargs):  # notes the mode, grad mode and size of each batch
+        model = make_model(*args, **kwargs)
+        model.register_forward_pre_hook(lambda m, inputs: record["forwards"].append(
+            (m.training, torch.is_grad_enabled(), len(inputs[0]))))
+        return model
 
     def params(optimizer):
         return [p for group in optimizer.param_groups for p in group["params"]]
@@ -535,12 +544,12 @@ def rank_main(rank: int, port: int, folder: Path, out: Path) -> None:
         record["saves"].append(str(f))
         return real_save(obj, f, *args, **kwargs)
 
-    module.make_data = recording_data
+    module.make_data, module.make_model = recording_data, recording_model
     register_optimizer_step_pre_hook(before_step)
     register_optimizer_step_post_hook(after_step)
     torch.save = recording_save
     try:
-        cfg = module.Config(epochs=EPOCHS, batch_size=BATCH, lr=0.1, seed=0,
+        cfg = module.Config(epochs=epochs, batch_size=BATCH, lr=0.1, seed=0,
                             timeout=GROUP_TIMEOUT, out=out / "runs")
         with contextlib.redirect_stdout(Printed()) as printed:
             try:
@@ -563,7 +572,7 @@ def rank_main(rank: int, port: int, folder: Path, out: Path) -> None:
         dist.destroy_process_group()  # leave cleanly, whatever run() did
 
 
-class TwoRanks:
+class Ranks:
     """What each rank recorded, or why the run failed (``problem``)."""
 
     def __init__(self, records: list[dict | None], problem: str) -> None:
@@ -576,8 +585,8 @@ class TwoRanks:
         return self.records
 
 
-def start_ranks(out: Path) -> TwoRanks:
-    """Run train.run() on two forked ranks; wait at most DEADLINE; leave no rank running."""
+def start_ranks(out: Path, world_size: int = WORLD_SIZE, epochs: int = EPOCHS) -> Ranks:
+    """Run train.run() on forked ranks; wait at most DEADLINE; leave no rank running."""
     if "fork" not in mp.get_all_start_methods():
         pytest.skip("these tests start their ranks with fork, which this OS does not have")
     folder = Path(train.resolve().__file__).resolve().parent
@@ -585,8 +594,9 @@ def start_ranks(out: Path) -> TwoRanks:
     for attempt in range(2):  # a port that was free may be taken before rank 0 listens on it
         run_dir = out / f"attempt{attempt}"
         run_dir.mkdir(parents=True)
-        context = mp.start_processes(rank_main, args=(free_port(), folder, run_dir),
-                                     nprocs=WORLD_SIZE, join=False, start_method="fork")
+        context = mp.start_processes(rank_main,
+                                     args=(free_port(), folder, run_dir, world_size, epochs),
+                                     nprocs=world_size, join=False, start_method="fork")
         late, deadline = [], time.monotonic() + DEADLINE
         try:
             while not context.join(timeout=0.05, grace_period=1.0):
@@ -601,23 +611,24 @@ def start_ranks(out: Path) -> TwoRanks:
                     process.kill()
                 process.join()
         records = []
-        for rank in range(WORLD_SIZE):
+        for rank in range(world_size):
             path = run_dir / f"rank{rank}.pkl"
             records.append(pickle.loads(path.read_bytes()) if path.exists() else None)
         errors = [rec["error"] for rec in records if rec and "error" in rec]
         if attempt == 0 and any("address already in use" in e.lower() for e in errors):
             continue
         codes = [p.exitcode for p in context.processes]
-        return TwoRanks(records, diagnose(records, codes, late, run_dir, folder))
+        return Ranks(records, diagnose(records, codes, late, run_dir, folder))
     raise AssertionError("unreachable")
 
 
 def diagnose(records: list, codes: list, late: list[int], run_dir: Path, folder: Path) -> str:
     """Why the run failed, root cause first; "" if every rank finished train.run()."""
+    on = "two ranks" if len(records) == 2 else f"{len(records)} rank(s)"
     if late:
         waits = ", ".join(f"rank {r} at {where(run_dir / f'stack{r}.txt', folder) or '?'}"
                           for r in late)
-        return (f"train.run() did not finish within {DEADLINE:g} s on two ranks (it needs about "
+        return (f"train.run() did not finish within {DEADLINE:g} s on {on} (it needs about "
                 f"a second); the test stopped {waits}. Expected every rank to finish. Note that "
                 f"a collective call (all_reduce, barrier, DDP's gradient averaging in backward) "
                 f"waits until every rank makes the same call: a rank that skips it, or makes "
@@ -640,16 +651,23 @@ def diagnose(records: list, codes: list, late: list[int], run_dir: Path, folder:
     if not found and None in records:
         found.append(f"a rank ended without finishing (exit codes {codes})")
     if found:
-        return "train.run() failed on two ranks: " + ";\n".join(found) + "."
+        return f"train.run() failed on {on}: " + ";\n".join(found) + "."
     return ""
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory) -> TwoRanks:
+def ranks(tmp_path_factory) -> Ranks:
     # The first optimizer of a process imports torch._dynamo (seconds): here, once, instead
     # of in each rank.
     torch.optim.SGD([torch.zeros(1, requires_grad=True)])
     return start_ranks(tmp_path_factory.mktemp("ranks"))
+
+
+@pytest.fixture(scope="module")
+def one_rank(tmp_path_factory) -> Ranks:
+    """train.run() for one epoch on a single rank, as `python train.py --nproc 1` runs it."""
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)])  # as in ranks(): torch._dynamo once
+    return start_ranks(tmp_path_factory.mktemp("one_rank"), world_size=1, epochs=1)
 
 
 def data_sets():
@@ -769,6 +787,44 @@ def test_every_rank_reports_the_metrics_of_the_whole_validation_set(ranks):
                  f"accuracy of {accuracy:.2%}. Each rank evaluates only its shard: a number "
                  f"computed from one shard describes that shard, not the model. Every rank "
                  f"must report the metric of all the shards together.")
+
+
+@pytest.mark.trains
+def test_validation_runs_the_model_with_autograd_off(ranks):
+    """Every forward pass of validation (the model in eval mode) runs with autograd off."""
+    checks(train.run, train.evaluate)
+    for rank, record in enumerate(ranks.check()):
+        grad_modes = [grad for training, grad, _ in record["forwards"] if not training]
+        if not grad_modes:
+            fail(f"In a run on two ranks, rank {rank} never ran the model in eval mode; "
+                 f"expected a validation pass after every epoch, with model.eval().")
+        if any(grad_modes):
+            fail(f"In a run on two ranks, rank {rank} ran {sum(grad_modes)} of its "
+                 f"{len(grad_modes)} validation batches with autograd recording "
+                 f"(torch.is_grad_enabled() was True); expected it off, as under "
+                 f"@torch.no_grad(). Validation never calls backward: a recorded graph only "
+                 f"holds every layer's activations in memory until the batch is done, and "
+                 f"DistributedDataParallel prepares a gradient reduction that never comes.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_every_rank_reports_the_metrics_of_the_whole_validation_set")
+def test_validation_reads_the_shard_in_order_in_batches_of_128(one_rank):
+    """run() on one rank validates the 256 points in their order, in batches of 128 and 128."""
+    checks(train.run, ddp.make_loader)
+    (record,) = one_rank.check()
+    n = len(data_sets()[1])
+    order, expected = record["val_seen"], list(range(n))
+    sizes = [size for training, _, size in record["forwards"] if not training]
+    if order != expected or sizes != [128] * (n // 128):
+        shown = f"{order[:6]}{' ...' if len(order) > 6 else ''}"
+        fail(f"In a one-epoch run on one rank (python train.py --nproc 1), validation read "
+             f"{len(order)} points in the order {shown}, in batches of {sizes}; expected the "
+             f"{n} validation points in their order ({expected[:6]} ...), in batches of 128, "
+             f"as the README says. Validation learns nothing from an order: shuffling it only "
+             f"makes which padded samples a DistributedSampler repeats (when the length does "
+             f"not divide by the number of ranks), and the rounding of every sum, depend on a "
+             f"seed; its batch size decides its memory and the last digits of its metrics.")
 
 
 @pytest.mark.trains
