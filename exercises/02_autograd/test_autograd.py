@@ -625,3 +625,23 @@ def test_scripts_run_from_the_command_line(capsys):
             fail(f"python {name} --steps 2 printed {out.strip()!r}; expected it to train for 2 "
                  f"steps and report them. Run as a file, a script's module is named "
                  f"'__main__', and the block at its end decides whether main() runs.")
+
+
+@pytest.mark.trains
+@pytest.mark.requires("test_scripts_run_from_the_command_line")
+def test_scripts_do_not_start_when_run_under_another_name(capsys):
+    """Run under another module name ('<run_path>', as runpy.run_path names it by default),
+    linreg.py and logreg.py only define their functions: main() starts only in a module
+    named '__main__'."""
+    for module, name in ((linreg, "linreg.py"), (logreg, "logreg.py")):
+        ended = run_as_main(module.resolve().__file__, ["--help"], run_name="<run_path>")
+        printed = capsys.readouterr()
+        shown = (printed.out + printed.err).strip()
+        if ended != "returned" or shown:
+            fail(f"{name} run under the module name '<run_path>' (as runpy.run_path does) "
+                 f"with --help {ended} and printed {shown[:200]!r}; expected it to return "
+                 f"without printing anything: with --help, a main() that ran prints the usage "
+                 f"and exits. A module that is not the program (imported, or run by a tool "
+                 f"under its own name) must not start its main(); only a module named exactly "
+                 f"'__main__' is the program, which is what the guard at the end of the file "
+                 f"tests.")

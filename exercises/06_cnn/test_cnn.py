@@ -1080,6 +1080,22 @@ def test_script_runs_main_when_run_as_a_file(capsys):
              f"'__main__', and the block at its end decides whether main() runs.")
 
 
+@pytest.mark.requires("test_script_runs_main_when_run_as_a_file")
+def test_script_does_not_start_when_run_under_another_name(capsys):
+    """Run under another module name ('<run_path>', as runpy.run_path names it by default),
+    main.py only defines its functions: main() starts only when the module is '__main__'."""
+    ended = run_as_main(main.resolve().__file__, ["--help"], run_name="<run_path>")
+    printed = capsys.readouterr()
+    shown = (printed.out + printed.err).strip()
+    if ended != "returned" or shown:
+        fail(f"main.py run under the module name '<run_path>' (as runpy.run_path does) with "
+             f"--help {ended} and printed {shown[:200]!r}; expected it to return without "
+             f"printing anything: with --help, a main() that ran prints the usage and exits. "
+             f"A module that is not the program (imported, or run by a tool under its own "
+             f"name) must not start its main(); only a module named exactly '__main__' is the "
+             f"program, which is what the guard at the end of the file tests.")
+
+
 class _CommandSpies:
     """main.py's commands with load, fit and plot_curve replaced by spies: no data is read
     and nothing trains, so the tests see what the commands ask for, in a fraction of a second."""

@@ -1473,6 +1473,23 @@ def test_script_runs_when_started_as_a_file(capsys):
              "named '__main__', and the block at its end decides whether main() runs.")
 
 
+@pytest.mark.trains
+@pytest.mark.requires("test_script_runs_when_started_as_a_file")
+def test_script_does_not_start_when_run_under_another_name(capsys):
+    """Run under another module name ('<run_path>', as runpy.run_path names it by default),
+    train.py only defines its functions: main() starts only when the module is '__main__'."""
+    ended = run_as_main(train.resolve().__file__, ["--help"], run_name="<run_path>")
+    printed = capsys.readouterr()
+    shown = (printed.out + printed.err).strip()
+    if ended != "returned" or shown:
+        fail(f"train.py run under the module name '<run_path>' (as runpy.run_path does) with "
+             f"--help {ended} and printed {shown[:200]!r}; expected it to return without "
+             f"printing anything: with --help, a main() that ran prints the usage and exits. "
+             f"A module that is not the program (imported, or run by a tool under its own "
+             f"name) must not start its main(); only a module named exactly '__main__' is the "
+             f"program, which is what the guard at the end of the file tests.")
+
+
 @pytest.mark.requires("test_preprocess_gives_channel_first_image_and_mask")
 def test_sbd_samples_become_rgb_network_inputs(tmp_path):
     """SBD's RGB photos and masks go through val_transforms as (3, s, s) and (1, s, s)."""

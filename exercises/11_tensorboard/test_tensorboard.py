@@ -929,3 +929,19 @@ def test_script_runs_main_when_started_as_a_file(capsys):
     if ended != "exited with status 2":
         fail(f"python train.py --epochs 0 {ended}; expected status 2, the usage error of "
              f"main()'s argument check.")
+
+
+@pytest.mark.requires("test_script_runs_main_when_started_as_a_file")
+def test_script_does_not_start_when_run_under_another_name(capsys):
+    """Run under another module name ('<run_path>', as runpy.run_path names it by default),
+    train.py only defines its functions: main() starts only when the module is '__main__'."""
+    ended = run_as_main(train.resolve().__file__, ["--help"], run_name="<run_path>")
+    printed = capsys.readouterr()
+    shown = (printed.out + printed.err).strip()
+    if ended != "returned" or shown:
+        fail(f"train.py run under the module name '<run_path>' (as runpy.run_path does) with "
+             f"--help {ended} and printed {shown[:200]!r}; expected it to return without "
+             f"printing anything: with --help, a main() that ran prints the usage and exits. "
+             f"A module that is not the program (imported, or run by a tool under its own "
+             f"name) must not start its main(); only a module named exactly '__main__' is the "
+             f"program, which is what the guard at the end of the file tests.")
