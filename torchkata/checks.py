@@ -318,6 +318,50 @@ def run_as_main(path, argv: list[str], run_name: str | None = None) -> str:
     return "returned"
 
 
+
+def _printed(run: Callable[[], str]) -> tuple[str, str]:
+    """``run()``'s result, and what it printed to stdout and stderr."""
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        ended = run()
+    return ended, printed.getvalue()
+
+
+def assert_help_opens_with_summary(module, script: str) -> None:
+    """``python SCRIPT --help`` (``module.main(["--help"])``) exits with status 0 and opens
+    with the one-line summary that starts ``module``'s docstring, right after the usage."""
+    __tracebackhide__ = True
+    lines = (module.__doc__ or "").strip().splitlines()
+    summary = " ".join(lines[0].split()) if lines else ""
+    ended, out = _printed(lambda: how_script_ended(module.main, ["--help"]))
+    if ended != "exited with status 0, as if all went well":
+        fail(f"`python {script} --help` {ended or 'exited with an error'}; expected argparse "
+             f"to print the help and exit with status 0.")
+    paragraphs = [" ".join(block.split()) for block in out.split("\n\n")]  # usage, summary...
+    if not summary or len(paragraphs) < 2 or not paragraphs[1].startswith(summary):
+        fail(f"`python {script} --help` printed:\n{out.strip()[:600]}\nExpected the usage, "
+             f"then the one-line summary that opens {script}'s docstring ({summary!r}), then "
+             f"the options: the first thing a person who runs --help wants to know is what "
+             f"the script does.")
+
+
+def assert_not_started_under_another_name(path, script: str) -> None:
+    """The file at ``path``, run under another module name (``'<run_path>'``, as
+    ``runpy.run_path`` names it by default) with --help, only defines its functions."""
+    __tracebackhide__ = True
+    ended, shown = _printed(lambda: run_as_main(path, ["--help"], run_name="<run_path>"))
+    if ended != "returned" or shown.strip():
+        fail(f"{script} run under the module name '<run_path>' (as runpy.run_path does) with "
+             f"--help {ended} and printed {shown.strip()[:200]!r}; expected it to return "
+             f"without printing anything: with --help, a main() that ran prints the usage and "
+             f"exits. A module that is not the program (imported, or run by a tool under its "
+             f"own name) must not start its main(); only a module named exactly '__main__' is "
+             f"the program, which is what the guard at the end of the file tests.")
+
+
 _shared: dict = {}
 
 

@@ -13,7 +13,14 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from torchkata import under_test
-from torchkata.checks import call, fail, run_as_main, shell_argv
+from torchkata.checks import (
+    assert_help_opens_with_summary,
+    assert_not_started_under_another_name,
+    call,
+    fail,
+    run_as_main,
+    shell_argv,
+)
 
 tensors = under_test("tensors")
 distances = under_test("distances")
@@ -474,19 +481,10 @@ def test_script_runs_when_started_as_a_file(capsys):
 
 @pytest.mark.trains
 @pytest.mark.requires("test_script_runs_when_started_as_a_file")
-def test_script_does_not_start_when_run_under_another_name(capsys):
+def test_script_does_not_start_when_run_under_another_name():
     """Run under another module name ('<run_path>', as runpy.run_path names it by default),
     distances.py only defines its functions: main() starts only when the module is '__main__'."""
-    ended = run_as_main(distances.resolve().__file__, ["--help"], run_name="<run_path>")
-    printed = capsys.readouterr()
-    shown = (printed.out + printed.err).strip()
-    if ended != "returned" or shown:
-        fail(f"distances.py run under the module name '<run_path>' (as runpy.run_path does) with "
-             f"--help {ended} and printed {shown[:200]!r}; expected it to return without "
-             f"printing anything: with --help, a main() that ran prints the usage and exits. "
-             f"A module that is not the program (imported, or run by a tool under its own "
-             f"name) must not start its main(); only a module named exactly '__main__' is the "
-             f"program, which is what the guard at the end of the file tests.")
+    assert_not_started_under_another_name(distances.resolve().__file__, "distances.py")
 
 
 @pytest.mark.trains
@@ -508,20 +506,9 @@ def test_script_labels_blobs_by_their_nearest_neighbour(device, capsys):
 
 
 @pytest.mark.trains
-def test_script_help_says_what_it_does(capsys):
+def test_script_help_says_what_it_does():
     """`python distances.py --help` describes the script with its docstring's first line."""
-    lines = (distances.resolve().__doc__ or "").strip().splitlines()
-    first = lines[0].strip() if lines else ""
-    try:
-        distances.main(shell_argv(["--help"]))
-    except SystemExit:
-        pass
-    out = capsys.readouterr().out
-    if not first or first not in " ".join(out.split()):  # argparse wraps the description
-        fail(f"`python distances.py --help` printed {out[:300]!r}; expected its description to "
-             f"be the script's one-line summary, the first line of its docstring ({first!r}). "
-             f"--help is where a user learns what a tool does before running it; the rest of "
-             f"the docstring is for readers of the file.")
+    assert_help_opens_with_summary(distances.resolve(), "distances.py")
 
 
 @pytest.mark.trains

@@ -25,6 +25,8 @@ from torchkata.checks import (
     assert_close_to_oracle,
     assert_finite,
     assert_grads_flow,
+    assert_help_opens_with_summary,
+    assert_not_started_under_another_name,
     call,
     fail,
     network_attempts,
@@ -747,18 +749,9 @@ def run_script(argv: list[str]) -> int | str | None:
 
 
 @pytest.mark.trains
-def test_script_help_says_what_it_does(capsys):
+def test_script_help_says_what_it_does():
     """`python train.py --help` describes the script with its docstring's first line."""
-    first = (train.resolve().__doc__ or "").strip().splitlines()[0]
-    code = run_script(["--help"])
-    out = capsys.readouterr().out
-    if code not in (None, 0):
-        fail(f"`python train.py --help` exited with {code!r}; expected argparse to print the "
-             f"help and exit with status 0.")
-    if first not in " ".join(out.split()):  # argparse wraps the description
-        fail(f"`python train.py --help` printed {out[:300]!r}; expected it to describe the "
-             f"script with its docstring's one-line summary, {first!r}: the first thing a "
-             f"person who runs --help wants to know is what the script does.")
+    assert_help_opens_with_summary(train.resolve(), "train.py")
 
 
 @pytest.mark.trains
@@ -941,16 +934,7 @@ def test_script_runs_when_started_as_a_file(monkeypatch, capsys):
 
 @pytest.mark.trains
 @pytest.mark.requires("test_script_runs_when_started_as_a_file")
-def test_script_does_not_start_when_run_under_another_name(capsys):
+def test_script_does_not_start_when_run_under_another_name():
     """Run under another module name ('<run_path>', as runpy.run_path names it by default),
     train.py only defines its functions: main() starts only when the module is '__main__'."""
-    ended = run_as_main(train.resolve().__file__, ["--help"], run_name="<run_path>")
-    printed = capsys.readouterr()
-    shown = (printed.out + printed.err).strip()
-    if ended != "returned" or shown:
-        fail(f"train.py run under the module name '<run_path>' (as runpy.run_path does) with "
-             f"--help {ended} and printed {shown[:200]!r}; expected it to return without "
-             f"printing anything: with --help, a main() that ran prints the usage and exits. "
-             f"A module that is not the program (imported, or run by a tool under its own "
-             f"name) must not start its main(); only a module named exactly '__main__' is the "
-             f"program, which is what the guard at the end of the file tests.")
+    assert_not_started_under_another_name(train.resolve().__file__, "train.py")

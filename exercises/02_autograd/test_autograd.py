@@ -16,10 +16,11 @@ from torchkata import data, under_test
 from torchkata.checks import (
     assert_accuracy_at_least,
     assert_finite,
+    assert_help_opens_with_summary,
+    assert_not_started_under_another_name,
     call,
     fail,
     run_as_main,
-    shell_argv,
 )
 
 grads = under_test("grads")
@@ -515,21 +516,10 @@ def run_script(module, argv: list[str]):
 
 @pytest.mark.trains
 @pytest.mark.parametrize("name", ["linreg", "logreg"])
-def test_script_help_says_what_it_does(name, capsys):
+def test_script_help_says_what_it_does(name):
     """`python NAME.py --help` describes the script with its docstring's first line."""
     module = {"linreg": linreg, "logreg": logreg}[name]
-    lines = (module.resolve().__doc__ or "").strip().splitlines()
-    first = lines[0].strip() if lines else ""
-    try:
-        module.main(shell_argv(["--help"]))
-    except SystemExit:
-        pass
-    out = capsys.readouterr().out
-    if not first or first not in " ".join(out.split()):  # argparse wraps the description
-        fail(f"`python {name}.py --help` printed {out[:300]!r}; expected its description to be "
-             f"the script's one-line summary, the first line of its docstring ({first!r}). "
-             f"--help is where a user learns what a tool does before running it; the rest of "
-             f"the docstring is for readers of the file.")
+    assert_help_opens_with_summary(module.resolve(), f"{name}.py")
 
 
 @pytest.mark.trains
@@ -629,19 +619,9 @@ def test_scripts_run_from_the_command_line(capsys):
 
 @pytest.mark.trains
 @pytest.mark.requires("test_scripts_run_from_the_command_line")
-def test_scripts_do_not_start_when_run_under_another_name(capsys):
+def test_scripts_do_not_start_when_run_under_another_name():
     """Run under another module name ('<run_path>', as runpy.run_path names it by default),
     linreg.py and logreg.py only define their functions: main() starts only in a module
     named '__main__'."""
     for module, name in ((linreg, "linreg.py"), (logreg, "logreg.py")):
-        ended = run_as_main(module.resolve().__file__, ["--help"], run_name="<run_path>")
-        printed = capsys.readouterr()
-        shown = (printed.out + printed.err).strip()
-        if ended != "returned" or shown:
-            fail(f"{name} run under the module name '<run_path>' (as runpy.run_path does) "
-                 f"with --help {ended} and printed {shown[:200]!r}; expected it to return "
-                 f"without printing anything: with --help, a main() that ran prints the usage "
-                 f"and exits. A module that is not the program (imported, or run by a tool "
-                 f"under its own name) must not start its main(); only a module named exactly "
-                 f"'__main__' is the program, which is what the guard at the end of the file "
-                 f"tests.")
+        assert_not_started_under_another_name(module.resolve().__file__, name)

@@ -20,6 +20,8 @@ from torchkata import data, under_test
 from torchkata.checks import (
     accuracy_of,
     assert_accuracy_at_least,
+    assert_help_opens_with_summary,
+    assert_not_started_under_another_name,
     call,
     fail,
     run_as_main,
@@ -712,16 +714,9 @@ def test_fit_moves_the_model_to_its_device(device):
 # --- the script ------------------------------------------------------------------------
 
 
-def test_script_help_says_what_it_does(capsys):
+def test_script_help_says_what_it_does():
     """`python train.py --help` starts its description with the docstring's first line."""
-    first = (train.resolve().__doc__ or "").strip().splitlines()[0]
-    with pytest.raises(SystemExit):
-        train.main(["--help"])
-    out = capsys.readouterr().out
-    if first not in " ".join(out.split()):  # argparse wraps the description
-        fail(f"`python train.py --help` printed {out[:300]!r}; expected it to describe the "
-             f"script with its docstring's first line, {first!r}: the one-line summary is what "
-             f"a user reads first to know what the tool does.")
+    assert_help_opens_with_summary(train.resolve(), "train.py")
 
 
 BAD_ARGUMENTS = [["--epochs", "0"], ["--epochs", "-3"], ["--lr", "0"], ["--lr", "-0.05"],
@@ -907,19 +902,10 @@ def test_script_runs_when_started_as_a_file(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.trains
 @pytest.mark.requires("test_script_runs_when_started_as_a_file")
-def test_script_does_not_start_when_run_under_another_name(capsys):
+def test_script_does_not_start_when_run_under_another_name():
     """Run under another module name ('<run_path>', as runpy.run_path names it by default),
     train.py only defines its functions: main() starts only when the module is '__main__'."""
-    ended = run_as_main(train.resolve().__file__, ["--help"], run_name="<run_path>")
-    printed = capsys.readouterr()
-    shown = (printed.out + printed.err).strip()
-    if ended != "returned" or shown:
-        fail(f"train.py run under the module name '<run_path>' (as runpy.run_path does) with "
-             f"--help {ended} and printed {shown[:200]!r}; expected it to return without "
-             f"printing anything: with --help, a main() that ran prints the usage and exits. "
-             f"A module that is not the program (imported, or run by a tool under its own "
-             f"name) must not start its main(); only a module named exactly '__main__' is the "
-             f"program, which is what the guard at the end of the file tests.")
+    assert_not_started_under_another_name(train.resolve().__file__, "train.py")
 
 
 # --- all together ----------------------------------------------------------------------

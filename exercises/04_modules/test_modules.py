@@ -19,6 +19,8 @@ from torch import nn
 from torchkata import under_test
 from torchkata.checks import (
     assert_close_to_oracle,
+    assert_help_opens_with_summary,
+    assert_not_started_under_another_name,
     call,
     fail,
     how_script_ended,
@@ -471,18 +473,9 @@ def stand_in_digits(monkeypatch):
                         types.SimpleNamespace(mnist_data=fake_mnist_data))
 
 
-def test_script_help_says_what_it_does(capsys):
+def test_script_help_says_what_it_does():
     """`python hooks.py --help` describes the script with its docstring's first line."""
-    first = (hooks.resolve().__doc__ or "").strip().splitlines()[0]
-    try:
-        hooks.main(["--help"])
-    except SystemExit:
-        pass
-    out = capsys.readouterr().out
-    if first not in " ".join(out.split()):  # argparse wraps the description
-        fail(f"`python hooks.py --help` printed {out[:300]!r}; expected it to describe the "
-             f"script with the one-line summary at the top of hooks.py's docstring, "
-             f"{first!r}: the first thing whoever meets the tool reads.")
+    assert_help_opens_with_summary(hooks.resolve(), "hooks.py")
 
 
 @pytest.mark.requires("test_small_cnn_has_the_documented_layers_and_classes",
@@ -529,19 +522,10 @@ def test_script_runs_main_when_run_as_a_file(monkeypatch, capsys):
 
 
 @pytest.mark.requires("test_script_runs_main_when_run_as_a_file")
-def test_script_does_not_start_when_run_under_another_name(capsys):
+def test_script_does_not_start_when_run_under_another_name():
     """Run under another module name ('<run_path>', as runpy.run_path names it by default),
     hooks.py only defines its functions: main() starts only when the module is '__main__'."""
-    ended = run_as_main(hooks.resolve().__file__, ["--help"], run_name="<run_path>")
-    printed = capsys.readouterr()
-    shown = (printed.out + printed.err).strip()
-    if ended != "returned" or shown:
-        fail(f"hooks.py run under the module name '<run_path>' (as runpy.run_path does) with "
-             f"--help {ended} and printed {shown[:200]!r}; expected it to return without "
-             f"printing anything: with --help, a main() that ran prints the usage and exits. "
-             f"A module that is not the program (imported, or run by a tool under its own "
-             f"name) must not start its main(); only a module named exactly '__main__' is the "
-             f"program, which is what the guard at the end of the file tests.")
+    assert_not_started_under_another_name(hooks.resolve().__file__, "hooks.py")
 
 
 class FigureSpy:

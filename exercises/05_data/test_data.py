@@ -17,7 +17,15 @@ from hypothesis import strategies as st
 from torch.utils.data import TensorDataset
 
 from torchkata import under_test
-from torchkata.checks import call, fail, how_script_ended, run_as_main, shell_argv
+from torchkata.checks import (
+    assert_help_opens_with_summary,
+    assert_not_started_under_another_name,
+    call,
+    fail,
+    how_script_ended,
+    run_as_main,
+    shell_argv,
+)
 from torchkata.vision_files import write_cifar10, write_mnist
 
 dataset = under_test("dataset")
@@ -835,18 +843,9 @@ def test_script_evaluate_scores_every_sample_in_eval_mode():
                  f"0.0 rather than a division by zero when there is nothing to score.")
 
 
-def test_script_help_says_what_it_does(capsys):
+def test_script_help_says_what_it_does():
     """`python main.py --help` starts its description with the docstring's first line."""
-    first = (main.resolve().__doc__ or "").strip().splitlines()[0]
-    try:
-        main.main(shell_argv(["--help"]))
-    except SystemExit:
-        pass
-    out = capsys.readouterr().out
-    if first not in " ".join(out.split()):  # argparse wraps the description
-        fail(f"`python main.py --help` printed {out[:300]!r}; expected it to describe the "
-             f"script with its docstring's first line, {first!r}: the one-line summary is what "
-             f"a user reads first to know what the tool does.")
+    assert_help_opens_with_summary(main.resolve(), "main.py")
 
 
 BAD_ARGUMENTS = [["--epochs", "0"], ["--epochs", "-3"], ["--batch-size", "0"],
@@ -905,19 +904,10 @@ def test_script_runs_main_when_run_as_a_file(capsys):
 
 
 @pytest.mark.requires("test_script_runs_main_when_run_as_a_file")
-def test_script_does_not_start_when_run_under_another_name(capsys):
+def test_script_does_not_start_when_run_under_another_name():
     """Run under another module name ('<run_path>', as runpy.run_path names it by default),
     main.py only defines its functions: main() starts only when the module is '__main__'."""
-    ended = run_as_main(main.resolve().__file__, ["--help"], run_name="<run_path>")
-    printed = capsys.readouterr()
-    shown = (printed.out + printed.err).strip()
-    if ended != "returned" or shown:
-        fail(f"main.py run under the module name '<run_path>' (as runpy.run_path does) with "
-             f"--help {ended} and printed {shown[:200]!r}; expected it to return without "
-             f"printing anything: with --help, a main() that ran prints the usage and exits. "
-             f"A module that is not the program (imported, or run by a tool under its own "
-             f"name) must not start its main(); only a module named exactly '__main__' is the "
-             f"program, which is what the guard at the end of the file tests.")
+    assert_not_started_under_another_name(main.resolve().__file__, "main.py")
 
 
 class ScriptSpies:

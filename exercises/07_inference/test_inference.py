@@ -18,6 +18,8 @@ from torchkata import data as kata_data
 from torchkata import under_test
 from torchkata.checks import (
     assert_close_to_oracle,
+    assert_help_opens_with_summary,
+    assert_not_started_under_another_name,
     call,
     fail,
     how_script_ended,
@@ -786,18 +788,9 @@ def test_script_rejects_nonsense_arguments(tmp_path, monkeypatch):
                  f"exists.")
 
 
-def test_script_help_starts_with_what_it_does(capsys):
+def test_script_help_starts_with_what_it_does():
     """`python inference.py --help` describes the script with the first line of its docstring."""
-    summary = inference.resolve().__doc__.splitlines()[0]
-    ended = exits_cleanly(["--help"])
-    out = capsys.readouterr().out
-    if summary not in " ".join(out.split()):  # argparse wraps the description
-        fail(f"`python inference.py --help` printed {out.strip()[:300]!r}; expected the "
-             f"script's one-line summary {summary!r}, the first line of its docstring, so "
-             f"that --help says what the script does before listing its options.")
-    if ended != "exited with status 0, as if all went well":
-        fail(f"`python inference.py --help` ended as follows: {ended or 'a non-zero exit'}; "
-             f"expected argparse's help and exit status 0.")
+    assert_help_opens_with_summary(inference.resolve(), "inference.py")
 
 
 @trains
@@ -1031,16 +1024,7 @@ def test_script_runs_when_started_as_a_file(monkeypatch, capsys, tmp_path, devic
 
 @trains
 @requires("test_script_runs_when_started_as_a_file")
-def test_script_does_not_start_when_run_under_another_name(capsys):
+def test_script_does_not_start_when_run_under_another_name():
     """Run under another module name ('<run_path>', as runpy.run_path names it by default),
     inference.py only defines its functions: main() starts only when the module is '__main__'."""
-    ended = run_as_main(inference.resolve().__file__, ["--help"], run_name="<run_path>")
-    printed = capsys.readouterr()
-    shown = (printed.out + printed.err).strip()
-    if ended != "returned" or shown:
-        fail(f"inference.py run under the module name '<run_path>' (as runpy.run_path does) with "
-             f"--help {ended} and printed {shown[:200]!r}; expected it to return without "
-             f"printing anything: with --help, a main() that ran prints the usage and exits. "
-             f"A module that is not the program (imported, or run by a tool under its own "
-             f"name) must not start its main(); only a module named exactly '__main__' is the "
-             f"program, which is what the guard at the end of the file tests.")
+    assert_not_started_under_another_name(inference.resolve().__file__, "inference.py")

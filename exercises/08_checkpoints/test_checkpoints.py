@@ -21,7 +21,14 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from torchkata import data, under_test
-from torchkata.checks import call, fail, how_script_ended, run_as_main
+from torchkata.checks import (
+    assert_help_opens_with_summary,
+    assert_not_started_under_another_name,
+    call,
+    fail,
+    how_script_ended,
+    run_as_main,
+)
 
 checkpoint = under_test("checkpoint")
 train = under_test("train")
@@ -662,18 +669,9 @@ def test_save_reaches_the_disk_before_the_rename(tmp_path, monkeypatch):
 # --- the script: python train.py -------------------------------------------------------------
 
 
-def test_script_help_says_what_it_does(capsys):
+def test_script_help_says_what_it_does():
     """`python train.py --help` describes the script with its docstring's first line."""
-    first = (train.resolve().__doc__ or "").strip().splitlines()[0]
-    ended = how_script_ended(train.main, ["--help"])
-    out = capsys.readouterr().out
-    if ended != "exited with status 0, as if all went well":
-        fail(f"`python train.py --help` {ended or 'exited with an error'}; expected argparse "
-             f"to print the help and exit with status 0.")
-    if first not in " ".join(out.split()):  # argparse wraps the description
-        fail(f"`python train.py --help` printed {out[:300]!r}; expected it to describe the "
-             f"script with its docstring's one-line summary, {first!r}: the first thing a "
-             f"person who runs --help wants to know is what the script does.")
+    assert_help_opens_with_summary(train.resolve(), "train.py")
 
 
 def exits_cleanly(argv: list[str]) -> str:
@@ -813,16 +811,7 @@ def test_script_runs_when_started_as_a_file(capsys):
 
 @trains
 @requires("test_script_runs_when_started_as_a_file")
-def test_script_does_not_start_when_run_under_another_name(capsys):
+def test_script_does_not_start_when_run_under_another_name():
     """Run under another module name ('<run_path>', as runpy.run_path names it by default),
     train.py only defines its functions: main() starts only when the module is '__main__'."""
-    ended = run_as_main(train.resolve().__file__, ["--help"], run_name="<run_path>")
-    printed = capsys.readouterr()
-    shown = (printed.out + printed.err).strip()
-    if ended != "returned" or shown:
-        fail(f"train.py run under the module name '<run_path>' (as runpy.run_path does) with "
-             f"--help {ended} and printed {shown[:200]!r}; expected it to return without "
-             f"printing anything: with --help, a main() that ran prints the usage and exits. "
-             f"A module that is not the program (imported, or run by a tool under its own "
-             f"name) must not start its main(); only a module named exactly '__main__' is the "
-             f"program, which is what the guard at the end of the file tests.")
+    assert_not_started_under_another_name(train.resolve().__file__, "train.py")

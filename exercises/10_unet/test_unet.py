@@ -22,6 +22,8 @@ from torchkata import targets, under_test
 from torchkata.checks import (
     assert_finite,
     assert_grads_flow,
+    assert_help_opens_with_summary,
+    assert_not_started_under_another_name,
     call,
     fail,
     how_script_ended,
@@ -1452,15 +1454,9 @@ def test_script_rejects_a_bad_lr_or_workers_or_a_missing_gpu(monkeypatch, tmp_pa
 
 
 @pytest.mark.trains
-def test_script_help_says_what_it_does(capsys):
+def test_script_help_says_what_it_does():
     """`python train.py --help` starts its description with the docstring's first line."""
-    first = (train.resolve().__doc__ or "").strip().splitlines()[0]
-    with pytest.raises(SystemExit):
-        train.main(["--help"])
-    out = capsys.readouterr().out
-    if first not in " ".join(out.split()):  # argparse wraps the description
-        fail(f"`python train.py --help` printed {out[:300]!r}; expected it to describe the "
-             f"script with its docstring's first line, {first!r}.")
+    assert_help_opens_with_summary(train.resolve(), "train.py")
 
 
 @pytest.mark.trains
@@ -1475,19 +1471,10 @@ def test_script_runs_when_started_as_a_file(capsys):
 
 @pytest.mark.trains
 @pytest.mark.requires("test_script_runs_when_started_as_a_file")
-def test_script_does_not_start_when_run_under_another_name(capsys):
+def test_script_does_not_start_when_run_under_another_name():
     """Run under another module name ('<run_path>', as runpy.run_path names it by default),
     train.py only defines its functions: main() starts only when the module is '__main__'."""
-    ended = run_as_main(train.resolve().__file__, ["--help"], run_name="<run_path>")
-    printed = capsys.readouterr()
-    shown = (printed.out + printed.err).strip()
-    if ended != "returned" or shown:
-        fail(f"train.py run under the module name '<run_path>' (as runpy.run_path does) with "
-             f"--help {ended} and printed {shown[:200]!r}; expected it to return without "
-             f"printing anything: with --help, a main() that ran prints the usage and exits. "
-             f"A module that is not the program (imported, or run by a tool under its own "
-             f"name) must not start its main(); only a module named exactly '__main__' is the "
-             f"program, which is what the guard at the end of the file tests.")
+    assert_not_started_under_another_name(train.resolve().__file__, "train.py")
 
 
 @pytest.mark.requires("test_preprocess_gives_channel_first_image_and_mask")

@@ -26,7 +26,13 @@ from torch.nn import functional as F
 from torch.utils.tensorboard import SummaryWriter
 
 from torchkata import data, under_test
-from torchkata.checks import call, fail, run_as_main, shell_argv
+from torchkata.checks import (
+    assert_help_opens_with_summary,
+    assert_not_started_under_another_name,
+    call,
+    fail,
+    run_as_main,
+)
 
 train = under_test("train")
 logs = under_test("logs")
@@ -863,19 +869,9 @@ def test_script_defaults_are_the_documented_ones():
              f"just inside (0, 10) are valid.")
 
 
-def test_script_help_opens_with_its_summary(capsys):
+def test_script_help_opens_with_its_summary():
     """`python train.py --help` describes the script by the first line of its docstring."""
-    try:
-        train.main(shell_argv(["--help"]))
-    except SystemExit:
-        pass
-    out = capsys.readouterr().out
-    blocks = [" ".join(block.split()) for block in out.split("\n\n")]  # usage, summary, options
-    summary = " ".join(train.resolve().__doc__.splitlines()[0].split())
-    if len(blocks) < 2 or blocks[1] != summary:
-        fail(f"`python train.py --help` printed:\n{out.strip()}\nExpected the usage line, then "
-             f"the one-line summary that opens train.py's docstring ({summary!r}), then the "
-             f"options: --help should first say what the script is for.")
+    assert_help_opens_with_summary(train.resolve(), "train.py")
 
 
 @pytest.mark.parametrize("argv", [["--epochs", "0"], ["--batch-size", "-8"], ["--lr", "0"],
@@ -932,16 +928,7 @@ def test_script_runs_main_when_started_as_a_file(capsys):
 
 
 @pytest.mark.requires("test_script_runs_main_when_started_as_a_file")
-def test_script_does_not_start_when_run_under_another_name(capsys):
+def test_script_does_not_start_when_run_under_another_name():
     """Run under another module name ('<run_path>', as runpy.run_path names it by default),
     train.py only defines its functions: main() starts only when the module is '__main__'."""
-    ended = run_as_main(train.resolve().__file__, ["--help"], run_name="<run_path>")
-    printed = capsys.readouterr()
-    shown = (printed.out + printed.err).strip()
-    if ended != "returned" or shown:
-        fail(f"train.py run under the module name '<run_path>' (as runpy.run_path does) with "
-             f"--help {ended} and printed {shown[:200]!r}; expected it to return without "
-             f"printing anything: with --help, a main() that ran prints the usage and exits. "
-             f"A module that is not the program (imported, or run by a tool under its own "
-             f"name) must not start its main(); only a module named exactly '__main__' is the "
-             f"program, which is what the guard at the end of the file tests.")
+    assert_not_started_under_another_name(train.resolve().__file__, "train.py")

@@ -26,6 +26,8 @@ from torchkata import under_test
 from torchkata.checks import (
     assert_close_to_oracle,
     assert_grads_flow,
+    assert_help_opens_with_summary,
+    assert_not_started_under_another_name,
     call,
     fail,
     how_script_ended,
@@ -1010,15 +1012,9 @@ def test_train_script_scores_every_run_on_the_same_sequences(monkeypatch, tmp_pa
              f"can be compared, and they match the figures quoted in the README.")
 
 
-def test_train_script_help_says_what_it_does(capsys):
+def test_train_script_help_says_what_it_does():
     """python train.py --help starts with the first line of the script's docstring."""
-    first_line = train.resolve().__doc__.splitlines()[0]
-    ended = how_script_ended(train.main, ["--help"])
-    shown = capsys.readouterr().out
-    if first_line not in " ".join(shown.split()):  # argparse wraps lines at the terminal width
-        fail(f"python train.py --help {ended or 'exited'} and printed:\n{shown.strip()}\n"
-             f"Expected it to say what the script does: {first_line!r}, the first line of the "
-             f"script's docstring.")
+    assert_help_opens_with_summary(train.resolve(), "train.py")
 
 
 @pytest.mark.trains
@@ -1037,16 +1033,7 @@ def test_train_script_runs_when_started_as_a_file(capsys):
 
 @pytest.mark.trains
 @pytest.mark.requires("test_train_script_runs_when_started_as_a_file")
-def test_train_script_does_not_start_when_run_under_another_name(capsys):
+def test_train_script_does_not_start_when_run_under_another_name():
     """Run under another module name ('<run_path>', as runpy.run_path names it by default),
     train.py only defines its functions: main() starts only when the module is '__main__'."""
-    ended = run_as_main(train.resolve().__file__, ["--help"], run_name="<run_path>")
-    printed = capsys.readouterr()
-    shown = (printed.out + printed.err).strip()
-    if ended != "returned" or shown:
-        fail(f"train.py run under the module name '<run_path>' (as runpy.run_path does) with "
-             f"--help {ended} and printed {shown[:200]!r}; expected it to return without "
-             f"printing anything: with --help, a main() that ran prints the usage and exits. "
-             f"A module that is not the program (imported, or run by a tool under its own "
-             f"name) must not start its main(); only a module named exactly '__main__' is the "
-             f"program, which is what the guard at the end of the file tests.")
+    assert_not_started_under_another_name(train.resolve().__file__, "train.py")
