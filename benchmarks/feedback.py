@@ -14,8 +14,11 @@ repository is touched. ``--load 4`` starts four busy CPU-bound processes for the
 measurement (the "busy machine" case), each in a session of its own as separate programs
 are: Linux's autogroup scheduler shares the CPU between sessions first, so busy processes in
 this benchmark's own session would compete with the cold runs and not with the warm worker
-(which runs in a session of its own) and favour it. This is a benchmark, not a test: it
-asserts nothing.
+(which runs in a session of its own) and favour it. With a load, it first times a control,
+a fixed CPU-bound job of about a second in a fresh interpreter, before and after starting
+the busy processes: its ratio is what the scheduler gives any one-thread program on this
+machine under that load, the yardstick for the suites' own ratios. This is a benchmark, not
+a test: it asserts nothing.
 
     python benchmarks/feedback.py                 # every exercise
     python benchmarks/feedback.py --exercise 01   # one
@@ -49,6 +52,15 @@ def _busy(parent: int) -> None:
     while os.getppid() == parent:  # never outlive the benchmark, even a killed one
         for _ in range(1_000_000):
             pass
+
+
+CONTROL = "sum(i * i for i in range(12_000_000))"  # pure Python, one thread, no imports
+
+
+def control(repeat: int) -> float:
+    """Median seconds of the control job (see the docstring) in a fresh interpreter."""
+    return statistics.median(timed([sys.executable, "-S", "-c", CONTROL], ROOT, dict(os.environ))
+                             for _ in range(repeat))
 
 
 def env_for(root: Path) -> dict[str, str]:
@@ -141,8 +153,14 @@ def main() -> int:
             parser.error(f"no exercise {args.exercise}")
     busy = [multiprocessing.Process(target=_busy, args=(os.getpid(),), daemon=True)
             for _ in range(args.load)]
+    quiet = control(args.repeat) if busy else 0.0
     for p in busy:
         p.start()
+    if busy:
+        time.sleep(1.0)  # let the busy processes spread over the cores
+        loaded = control(args.repeat)
+        print(f"control (a one-thread CPU-bound job): {quiet:.2f} s alone, {loaded:.2f} s "
+              f"beside the busy processes: load factor {loaded / quiet:.1f}x")
     tmp = Path(tempfile.mkdtemp(prefix="kata-feedback-"))
     try:
         root = tmp / "repo"
