@@ -10,19 +10,24 @@ For each exercise (median of --repeat runs, measured the same way every time):
   the first FAIL line printed.
 
 It runs in a temporary copy of exercises/ and reference/, so no progress or worker of the
-repository is touched. ``--load 4`` starts four busy CPU-bound processes for the whole
-measurement (the "busy machine" case), each in a session of its own as separate programs
-are: Linux's autogroup scheduler shares the CPU between sessions first, so busy processes in
-this benchmark's own session would compete with the cold runs and not with the warm worker
-(which runs in a session of its own) and favour it. With a load, it first times a control,
-a fixed CPU-bound job of about a second in a fresh interpreter, before and after starting
-the busy processes: its ratio is what the scheduler gives any one-thread program on this
-machine under that load, the yardstick for the suites' own ratios. This is a benchmark, not
-a test: it asserts nothing.
+repository is touched.
+
+``--load 4`` measures the "busy machine" case as pairs: four busy CPU-bound processes are
+started once, each in a session of its own as separate programs are (Linux's autogroup
+scheduler shares the CPU between sessions first, so busy processes in this benchmark's own
+session would compete with the cold runs and not with the warm worker, which runs in a
+session of its own, and favour it), and then paused (SIGSTOP) for each idle measurement and
+resumed (SIGCONT) for its loaded twin right after. A ratio of two figures taken seconds apart
+is not moved by the machine's drift from hour to hour, which on a shared virtual machine is as
+large as the effect measured. Beside each exercise's pair it times two controls the same way,
+each a fresh interpreter with one thread: a pure-Python job (the scheduler's share of a CPU
+for any program) and ``import torch`` plus a fixed convolution loop (what a one-thread torch
+program gets, the yardstick for a suite). This is a benchmark, not a test: it asserts
+nothing.
 
     python benchmarks/feedback.py                 # every exercise
     python benchmarks/feedback.py --exercise 01   # one
-    python benchmarks/feedback.py --load 4        # beside four busy processes
+    python benchmarks/feedback.py --load 4        # idle and loaded pairs, with their ratios
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import multiprocessing
 import os
 import queue
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -54,13 +60,35 @@ def _busy(parent: int) -> None:
             pass
 
 
-CONTROL = "sum(i * i for i in range(12_000_000))"  # pure Python, one thread, no imports
+CONTROLS = {  # one thread each, in a fresh interpreter (see the docstring)
+    "python": [sys.executable, "-S", "-c", "sum(i * i for i in range(12_000_000))"],
+    "torch": [sys.executable, "-c", "import torch\ntorch.set_num_threads(1)\n"
+              "conv, x = torch.nn.Conv2d(16, 16, 3, padding=1), torch.randn(32, 16, 32, 32)\n"
+              "for _ in range(100):\n    conv(x).sum().backward()"],
+}
 
 
-def control(repeat: int) -> float:
-    """Median seconds of the control job (see the docstring) in a fresh interpreter."""
-    return statistics.median(timed([sys.executable, "-S", "-c", CONTROL], ROOT, dict(os.environ))
-                             for _ in range(repeat))
+class Load:
+    """``n`` busy processes that run only while ``on`` (paused with SIGSTOP otherwise)."""
+
+    def __init__(self, n: int) -> None:
+        self.procs = [multiprocessing.Process(target=_busy, args=(os.getpid(),), daemon=True)
+                      for _ in range(n)]
+        for p in self.procs:
+            p.start()
+        time.sleep(1.0)  # each has called setsid before the first pause
+        self.set(False)
+
+    def set(self, on: bool) -> None:
+        for p in self.procs:
+            os.kill(p.pid, signal.SIGCONT if on else signal.SIGSTOP)
+        if on:
+            time.sleep(0.5)  # let them spread over the cores
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.terminate()
+            os.kill(p.pid, signal.SIGCONT)  # a stopped process acts on SIGTERM once resumed
 
 
 def env_for(root: Path) -> dict[str, str]:
@@ -137,6 +165,55 @@ def save_to_first_failure(root: Path, name: str, env: dict[str, str], repeat: in
     return results
 
 
+def stamp(load: int, repeat: int) -> str:
+    return (f"load: {load} busy processes, each in its own session; median of {repeat}; "
+            f"cpu count {os.cpu_count()}; {time.strftime('%Y-%m-%d %H:%M')}")
+
+
+def idle(root: Path, names: list[str], env: dict[str, str], repeat: int) -> None:
+    print(stamp(0, repeat))
+    print("| exercise | floor (s) | cold (s) | cold - floor (s) | warm run (s) "
+          "| save -> first failure (s) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name in names:
+        f = statistics.median(floor(root, name, env) for _ in range(repeat))
+        c = statistics.median(cold(root, name, env) for _ in range(repeat))
+        warm(root, name)  # the worker imports what this exercise needs, once
+        w = statistics.median(warm(root, name) for _ in range(repeat))
+        s = statistics.median(save_to_first_failure(root, name, env, repeat))
+        print(f"| {name} | {f:.1f} | {c:.1f} | {c - f:.1f} | {w:.1f} | {s:.2f} |", flush=True)
+
+
+def paired(root: Path, names: list[str], env: dict[str, str], repeat: int, load: Load) -> None:
+    """Each figure idle and loaded, the two taken back to back; their ratio loaded / idle."""
+    print(stamp(len(load.procs), repeat) + "; each cell: idle -> loaded (ratio)")
+    print("| exercise | python control | torch control | cold suite | warm run "
+          "| save -> first failure, loaded |")
+    print("|---|---:|---:|---:|---:|---:|")
+    measures = {
+        "python": lambda name: timed(CONTROLS["python"], ROOT, dict(os.environ)),
+        "torch": lambda name: timed(CONTROLS["torch"], ROOT, dict(os.environ)),
+        "cold": lambda name: cold(root, name, env),
+        "warm": lambda name: warm(root, name),
+    }
+    for name in names:
+        warm(root, name)  # the worker imports what this exercise needs, once
+        runs: dict[tuple[str, bool], list[float]] = {}
+        for _ in range(repeat):
+            for key, measure in measures.items():
+                for on in (False, True):
+                    load.set(on)
+                    runs.setdefault((key, on), []).append(measure(name))
+        load.set(True)
+        s = statistics.median(save_to_first_failure(root, name, env, repeat))
+        load.set(False)
+        cells = []
+        for key in measures:
+            a, b = (statistics.median(runs[key, on]) for on in (False, True))
+            cells.append(f"{a:.1f} -> {b:.1f} ({b / a:.1f}x)")
+        print(f"| {name} | {' | '.join(cells)} | {s:.2f} |", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--exercise", action="append", help="NN or NN_topic (repeatable)")
@@ -151,16 +228,9 @@ def main() -> int:
         names = [n for n in names if n[:2] in wanted]
         if not names:
             parser.error(f"no exercise {args.exercise}")
-    busy = [multiprocessing.Process(target=_busy, args=(os.getpid(),), daemon=True)
-            for _ in range(args.load)]
-    quiet = control(args.repeat) if busy else 0.0
-    for p in busy:
-        p.start()
-    if busy:
-        time.sleep(1.0)  # let the busy processes spread over the cores
-        loaded = control(args.repeat)
-        print(f"control (a one-thread CPU-bound job): {quiet:.2f} s alone, {loaded:.2f} s "
-              f"beside the busy processes: load factor {loaded / quiet:.1f}x")
+    if args.load and not hasattr(signal, "SIGSTOP"):
+        parser.error("--load pauses its busy processes with SIGSTOP, which needs a POSIX system")
+    load = Load(args.load) if args.load else None
     tmp = Path(tempfile.mkdtemp(prefix="kata-feedback-"))
     try:
         root = tmp / "repo"
@@ -172,24 +242,14 @@ def main() -> int:
         os.environ.update(TORCHKATA_WORKER_IDLE="300")
         client = worker.Client(root)
         client.start()
-        print(f"load: {args.load} busy processes, each in its own session; median of "
-              f"{args.repeat}; cpu count "
-              f"{os.cpu_count()}; {time.strftime('%Y-%m-%d %H:%M')}")
-        print("| exercise | floor (s) | cold (s) | cold - floor (s) | warm run (s) "
-              "| save -> first failure (s) |")
-        print("|---|---:|---:|---:|---:|---:|")
-        for name in names:
-            f = statistics.median(floor(root, name, env) for _ in range(args.repeat))
-            c = statistics.median(cold(root, name, env) for _ in range(args.repeat))
-            warm(root, name)  # the worker imports what this exercise needs, once
-            w = statistics.median(warm(root, name) for _ in range(args.repeat))
-            s = statistics.median(save_to_first_failure(root, name, env, args.repeat))
-            print(f"| {name} | {f:.1f} | {c:.1f} | {c - f:.1f} | {w:.1f} | {s:.2f} |",
-                  flush=True)
+        if load:
+            paired(root, names, env, args.repeat, load)
+        else:
+            idle(root, names, env, args.repeat)
         client.stop()
     finally:
-        for p in busy:
-            p.terminate()
+        if load:
+            load.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
