@@ -7,6 +7,7 @@ pytest on it in-process, the way a learner's `pytest exercises/...` would.
 from __future__ import annotations
 
 import textwrap
+import time
 
 import pytest
 
@@ -217,6 +218,35 @@ def test_requires_must_name_a_test_of_the_same_file(mini):
     assert result.ret != 0
     assert "names 'test_does_not_exist', which is not a test" in result.stderr.str() + \
         result.stdout.str()
+
+
+def test_the_timeout_backstop_runs_on_one_thread_and_still_ends_a_stuck_test(pytester):
+    pytester.makepyfile(test_stuck="""
+import threading
+import time
+
+import pytest
+
+
+@pytest.mark.parametrize("n", range(5))
+def test_threads(n):
+    names = [t.name for t in threading.enumerate()]
+    assert names.count("torchkata watchdog") == 1, names
+    assert not [name for name in names if name.startswith("pytest_timeout")], names
+
+
+def test_zz_stuck():
+    time.sleep(60)
+""")
+    start = time.monotonic()
+    result = pytester.runpytest_subprocess("--timeout=3", "-o", "timeout_method=thread",
+                                           "-p", "no:cacheprovider", "-v")
+    out = result.stdout.str() + result.stderr.str()
+    assert " passed" not in out, "the run ended normally: the stuck test was not stopped"
+    assert result.ret != 0 and "Timeout" in out and "test_zz_stuck" in out, out[-3000:]
+    assert "time.sleep(60)" in out, "the backstop dumps the stuck stack"
+    assert out.count("PASSED") == 5, out[-3000:]
+    assert time.monotonic() - start < 45
 
 
 def test_threads_option_sets_torchs_thread_count(pytester):

@@ -69,6 +69,17 @@ def test_an_endless_loop_ends_at_once_and_names_the_line(tmp_path):
     assert seconds < 60, f"took {seconds:.0f} s"
 
 
+def test_a_loop_that_switched_its_budget_off_is_ended_by_the_backstop(tmp_path):
+    target = hostile_copy(tmp_path, forward_body="        import signal\n"
+                                                 "        signal.setitimer(signal.ITIMER_REAL, 0)\n"
+                                                 "        while True:\n            pass\n")
+    proc, seconds = run_pytest(target, "--timeout=5")  # pytest-timeout's, on torchkata's thread
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and " passed" not in out, out[-3000:]
+    assert "Timeout" in out and "mlp.py" in out and "while True" in out, out[-3000:]
+    assert seconds < 60, f"took {seconds:.0f} s"
+
+
 def test_a_default_device_set_at_import_is_reported_and_undone(tmp_path):
     target = hostile_copy(tmp_path, top='import torch\ntorch.set_default_device("meta")\n')
     proc, _ = run_pytest(target)

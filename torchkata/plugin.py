@@ -317,6 +317,26 @@ def _code_folder(item: pytest.Item) -> Path | None:
         return None
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings):
+    """pytest-timeout's thread backstop, on one watchdog thread (see torchkata.limits)."""
+    if settings.method != "thread":
+        return None  # its signal method: pytest-timeout's own
+    import pytest_timeout
+
+    limits.WATCHDOG.arm(item, settings.timeout,
+                        lambda: pytest_timeout.timeout_timer(item, settings))
+    return True
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_timeout_cancel_timer(item: pytest.Item):
+    if item not in limits.WATCHDOG.armed:
+        return None  # not ours (the signal method)
+    limits.WATCHDOG.disarm(item)
+    return True
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item):
     folder = _code_folder(item)
