@@ -166,8 +166,10 @@ def save_to_first_failure(root: Path, name: str, env: dict[str, str], repeat: in
 
 
 def stamp(load: int, repeat: int) -> str:
-    return (f"load: {load} busy processes, each in its own session; median of {repeat}; "
-            f"cpu count {os.cpu_count()}; {time.strftime('%Y-%m-%d %H:%M')}")
+    where = (f"load: {load} busy processes, each in its own session" if load
+             else "idle (no busy processes started)")
+    return (f"{where}; median of {repeat}; cpu count {os.cpu_count()}; "
+            f"{time.strftime('%Y-%m-%d %H:%M')}")
 
 
 def idle(root: Path, names: list[str], env: dict[str, str], repeat: int) -> None:
