@@ -381,6 +381,22 @@ def test_warm_worker_runs_each_suite_in_a_fresh_child(repo):
     assert not client.ping()
 
 
+def test_a_run_ended_under_a_test_says_so_and_is_not_a_pass(repo):
+    # pytest-timeout's backstop ends the process (exit 1) under a stuck test
+    (repo / "exercises/98_fake/calc.py").write_text(
+        "import time\n\n\ndef double(x):\n    time.sleep(60)\n")
+    env = {**kata_env(), "PYTEST_ADDOPTS": "-p pytest_timeout --timeout=3"}
+    result = subprocess.run([sys.executable, "-m", "torchkata", "run", "98"], cwd=repo, env=env,
+                            capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                            timeout=120)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out
+    assert "while test_double_is_exact was running" in out and "did not run through" in out, out
+    assert "Timeout" in out, "the backstop's own lines are shown"
+    assert "Fix the first failure first" not in out, "there is no failure to fix"
+    assert state(repo)["exercises"]["98_fake"]["status"] != "done"
+
+
 def test_a_selection_runs_only_matching_tests_and_is_not_recorded(repo):
     result = kata(repo, "run", "98", "-k", "keeps_its_name")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -191,11 +191,14 @@ def summarise(root: Path, ex: Exercise, result: RunResult, style: Style,
                   f"Each test has its own time budget, so something outside a test hung "
                   f"(collection, or code run at import).", "red"))
         return
-    if result.returncode not in (0, 1):
-        if not verbose and not result.events:
+    # a test that started and never reported: the process ended under it (pytest-timeout's
+    # backstop exits 1, like an ordinary failing run)
+    cut_off = bool(result.last_started) and result.last_started not in result.outcomes
+    if result.returncode not in (0, 1) or (result.returncode and cut_off):
+        if not verbose and (not result.events or cut_off):
             say("\n".join(result.output.strip().splitlines()[-30:]))
         where = ""
-        if result.last_started and result.last_started not in result.outcomes:
+        if cut_off:
             where = f" while {result.last_started.split('::')[-1]} was running"
         more = "" if verbose else f" Full output: kata run {ex.short} -v"
         say(style(f"pytest exited {result.returncode}{where}: the tests of {ex.name} did not "

@@ -61,7 +61,6 @@ class Watchdog:
             self._pid = os.getpid()
             thread = threading.Thread(target=self._watch, name="torchkata watchdog", daemon=True)
             thread.start()
-            self._ident = thread.ident
 
     def is_current(self) -> bool:
         """Whether the calling thread is the watchdog (whose os._exit must not be refused)."""
@@ -71,6 +70,7 @@ class Watchdog:
         self.armed.pop(key, None)
 
     def _watch(self) -> None:
+        self._ident = threading.get_ident()  # before it can act
         while True:
             time.sleep(self.tick)
             now = time.monotonic()
